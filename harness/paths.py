@@ -1,0 +1,64 @@
+"""Where things live: the project root (leaderboards/, results/), the cache, the shared data directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR_ENV = "SELBENCH_DATA_DIR"
+CACHE_DIR_ENV = "SELBENCH_CACHE_DIR"
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The nearest directory at or above ``start`` (default: cwd) that holds ``leaderboards/``."""
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "leaderboards").is_dir():
+            return d
+    return here
+
+
+def data_dir(root: str | Path | None = None) -> Path | None:
+    """The offline data directory: ``$SELBENCH_DATA_DIR``, else ``<root>/../shared/data`` when it exists."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    guess = Path(root or find_root()).resolve().parent / "shared" / "data"
+    return guess if guess.is_dir() else None
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> "Workspace":
+        return cls(Path(root).resolve() if root else find_root())
+
+    @property
+    def leaderboards(self) -> Path:
+        return self.root / "leaderboards"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def cache_dir(self) -> Path:
+        env = os.environ.get(CACHE_DIR_ENV)
+        return Path(env).expanduser().resolve() if env else self.root / ".cache" / "selbench"
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.root / ".cache"
+
+    @property
+    def data_dir(self) -> Path | None:
+        return data_dir(self.root)
+
+    def board_dir(self, board: str) -> Path:
+        return self.leaderboards / board
+
+    def protocol_path(self, board: str) -> Path:
+        return self.board_dir(board) / "protocol.yaml"

@@ -1,0 +1,118 @@
+"""Selection stage: run a registered method on the pool and check its output against the contract.
+
+The harness, not the method, enforces the contract: exactly ``budget`` IDs (the whole pool for a full-pool
+method), unique, all in the pool, finite scores. A violation fails the cell with a message that names the method
+and the rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .cache import ArtifactCache, stable_hash
+from .data import Pool
+from .registry import MethodSpec
+
+log = logging.getLogger(__name__)
+
+
+class ContractError(RuntimeError):
+    pass
+
+
+@dataclass
+class Selection:
+    """What a method returns: selected IDs in the method's order, optional per-example scores, and notes for the
+    record (e.g. "threshold left 12 examples; topped up by score")."""
+
+    ids: list[str]
+    scores: dict[str, float] | None = None
+    notes: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return stable_hash(sorted(self.ids))
+
+
+@dataclass
+class SelectionContext:
+    """Everything a method may use besides the pool and the budget. Heavy services are lazy."""
+
+    seed: int
+    cache: ArtifactCache
+    base_model: Any = None  # harness.models.BaseModelHandle
+    signals: Any = None  # shared per-example signal cache (losses, embeddings, ...)
+    judge: Any = None  # LLM judge client, when the protocol has one
+    protocol: Any = None
+    device: str = "cpu"
+    logger: logging.Logger = log
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+    def progress(self, iterable: Iterable, desc: str = "", total: int | None = None, **kw) -> Iterable:
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, **kw)
+
+
+def check_contract(method: str, out: Any, pool: Pool, budget: int) -> Selection:
+    """Coerce a method's return value to a Selection and enforce the contract."""
+    sel = out if isinstance(out, Selection) else Selection(ids=list(out) if out is not None else [])
+    bad = lambda rule: ContractError(f"method {method!r} broke the selection contract: {rule}")  # noqa: E731
+    if not all(isinstance(i, str) for i in sel.ids):
+        raise bad("every selected ID must be a string example ID")
+    if len(sel.ids) != budget:
+        raise bad(f"returned {len(sel.ids)} IDs, the budget is exactly {budget}")
+    if len(set(sel.ids)) != len(sel.ids):
+        dup = next(i for i in sel.ids if sel.ids.count(i) > 1)
+        raise bad(f"returned duplicate IDs (e.g. {dup!r})")
+    unknown = [i for i in sel.ids if i not in pool]
+    if unknown:
+        raise bad(f"returned {len(unknown)} IDs not in the pool (e.g. {unknown[0]!r})")
+    if sel.scores is not None:
+        for k, v in sel.scores.items():
+            if k not in pool:
+                raise bad(f"score given for unknown ID {k!r}")
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise bad(f"score for {k!r} is not a finite number ({v!r})")
+    return sel
+
+
+def run_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionContext,
+                  params: dict[str, Any] | None = None) -> tuple[Selection, float]:
+    """Call the method and check its output. Returns the selection and wall seconds."""
+    kwargs = {**spec.defaults, **(params or {})}
+    t0 = time.perf_counter()
+    out = spec.fn(pool, budget, ctx, **kwargs)
+    wall = time.perf_counter() - t0
+    return check_contract(spec.name, out, pool, budget), wall
+
+
+def selection_key(pool: Pool, spec: MethodSpec, params: dict[str, Any], budget: int, seed: int,
+                  base_identity: str, recipe_template: str) -> str:
+    return stable_hash({"pool": pool.hash, "method": spec.name, "version": spec.version,
+                        "source": spec.source_hash, "params": {**spec.defaults, **params}, "budget": budget,
+                        "seed": seed, "base_model": base_identity, "chat_template": recipe_template})
+
+
+def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionContext, params: dict[str, Any],
+                     key: str) -> tuple[Selection, dict[str, Any]]:
+    """Run the method unless a selection for the same inputs is cached; returns the selection and its metadata."""
+    hit = ctx.cache.get_json("selections", key)
+    if hit is not None:
+        sel = Selection(hit["ids"], hit.get("scores"), hit.get("notes", []), hit.get("extras", {}))
+        return sel, {**hit["meta"], "cached": True}
+    sel, wall = run_selection(spec, pool, budget, ctx, params)
+    meta = {"wall_s": round(wall, 3), "stats": ctx.stats}
+    ctx.cache.put_json("selections", key, {"ids": sel.ids, "scores": sel.scores, "notes": sel.notes,
+                                           "extras": sel.extras, "meta": meta})
+    return sel, {**meta, "cached": False}

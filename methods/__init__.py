@@ -1,0 +1,1 @@
+"""Built-in selection methods, one file each. Every module registers itself with ``@register_method``."""
