@@ -145,11 +145,13 @@ class BaseModelHandle:
     """Lazy access to the board's base model for selection methods: nothing loads until ``.model`` is touched."""
 
     def __init__(self, resolved: ResolvedModel, dtype: str = "float32", chat_template: str = "model",
-                 device: str = "cpu"):
+                 device: str = "cpu", adapter: str | None = None, adapter_identity: str | None = None):
         self.resolved = resolved
         self.dtype = dtype
         self.chat_template = chat_template
         self.device = device
+        self.adapter = adapter  # a peft adapter directory applied on top of the base weights
+        self.adapter_identity = adapter_identity or (adapter and _local_dir_identity(Path(adapter)))
 
     @property
     def path(self) -> str:
@@ -157,7 +159,7 @@ class BaseModelHandle:
 
     @property
     def identity(self) -> str:
-        return self.resolved.identity
+        return self.resolved.identity + (f"+adapter:{self.adapter_identity}" if self.adapter else "")
 
     @cached_property
     def tokenizer(self):
@@ -165,4 +167,4 @@ class BaseModelHandle:
 
     @cached_property
     def model(self):
-        return load_causal_lm(self.path, self.dtype, device=self.device)
+        return load_causal_lm(self.path, self.dtype, adapter=self.adapter, device=self.device)
