@@ -1,0 +1,309 @@
+"""The pipeline, top-down: protocol -> select -> train -> evaluate -> record -> leaderboard (wandb per cell).
+
+``refresh`` runs a board's whole matrix (methods x budgets x seeds, plus the base-model reference row);
+``run_cell`` runs one cell. Every stage's output is cached by a hash of its inputs, and a cell whose record exists
+for the same inputs is skipped, so a refresh killed at any point resumes without recomputing finished work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterable
+
+from rich.console import Console
+
+from . import registry
+from .cache import ArtifactCache, stable_hash
+from .data import Pool, load_pool
+from .evaluate import (EvalContext, ModelUnderTest, configured_evaluators, evaluate_cached, load_evaluators)
+from .leaderboard import build_leaderboard
+from .models import BaseModelHandle, resolve_base_model
+from .paths import Workspace
+from .protocol import Protocol, load_protocol
+from .record import BASE_ROW, is_current, package_versions, record_path, write_record
+from .select import SelectionContext, cached_selection, selection_key
+from .tracking import log_cell
+from .train import finetune
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: str  # leaderboard row: the method's label or name
+    budget: int
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.row}/{self.budget}/seed{self.seed}"
+
+
+@dataclass
+class Board:
+    """A loaded board: protocol, pool, base model, caches. Heavy parts load on first use."""
+
+    ws: Workspace
+    name: str
+    plugins: tuple[str, ...] = ()
+    refresh_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+
+    def __post_init__(self):
+        self.protocol: Protocol = load_protocol(self.ws.protocol_path(self.name))
+        self.cache = ArtifactCache(self.ws.cache_dir)
+        self.methods = registry.load_all(self.plugins)
+        for m in self.protocol.methods:
+            registry.get_method(m.name)  # fail early on an unknown method
+        self._judge_stack = contextlib.ExitStack()
+        self._judge = None
+
+    @cached_property
+    def pool(self) -> Pool:
+        return load_pool(self.protocol.pool, self.ws.data_dir, name=self.name)
+
+    @cached_property
+    def base(self):
+        return resolve_base_model(self.protocol.base_model, self.cache)
+
+    @cached_property
+    def base_handle(self) -> BaseModelHandle:
+        return BaseModelHandle(self.base, self.protocol.base_model.dtype, self.protocol.recipe.chat_template)
+
+    def new_signals(self):
+        """A signal cache for one selection (its report is that cell's computed-vs-reused accounting); the
+        disk cache and the loaded base model are shared by all."""
+        from .signals import SignalCache
+
+        return SignalCache(self.cache, self.base_handle, max_len=self.protocol.recipe.max_seq_len)
+
+    # -- the matrix -------------------------------------------------------------------------------------------
+    def cells(self, rows: Iterable[str] | None = None) -> list[Cell]:
+        """Baselines first (other cells' pairwise evaluation compares against them), then the rest."""
+        wanted = list(rows) if rows else [m.row for m in self.protocol.methods]
+        for r in wanted:
+            self.protocol.method(r)
+        out = []
+        for seed in self.protocol.seeds:
+            for r in sorted(wanted, key=lambda r: (r not in ("full", "random"), r != "full")):
+                spec = registry.get_method(self.protocol.method(r).name)
+                budgets = [len(self.pool)] if spec.full_pool else \
+                    [self.protocol.resolve_budget(b, len(self.pool)) for b in self.protocol.budgets]
+                out += [Cell(r, b, seed) for b in dict.fromkeys(budgets)]
+        return out
+
+    def cell_inputs(self, cell: Cell) -> dict[str, Any]:
+        entry = self.protocol.method(cell.row)
+        spec = registry.get_method(entry.name)
+        return {"protocol": self.protocol.hash, "row": cell.row, "method": entry.name, "version": spec.version,
+                "source": spec.source_hash, "params": {**spec.defaults, **entry.params}, "budget": cell.budget,
+                "seed": cell.seed}
+
+    def cell_path(self, cell: Cell):
+        return record_path(self.ws.results, self.name, cell.row, cell.budget, cell.seed)
+
+    def base_inputs(self) -> dict[str, Any]:
+        return {"protocol": self.protocol.hash, "row": BASE_ROW}
+
+    # -- judge lifecycle: started on first use, stopped when the board closes -------------------------------
+    def judge(self):
+        if self._judge is None:
+            from .judge import open_judge
+
+            self._judge = self._judge_stack.enter_context(open_judge(self.protocol.judge, self.cache))
+        return self._judge
+
+    def close(self) -> None:
+        self._judge_stack.close()
+        self._judge = None
+
+    # -- stages -------------------------------------------------------------------------------------------------
+    def select(self, cell: Cell):
+        entry = self.protocol.method(cell.row)
+        spec = registry.get_method(entry.name)
+        key = selection_key(self.pool, spec, entry.params, cell.budget, cell.seed, self.base.identity,
+                            self.protocol.recipe.chat_template)
+        ctx = SelectionContext(seed=cell.seed, cache=self.cache, base_model=self.base_handle,
+                               signals=_LazySignals(self.new_signals), judge=_LazyJudge(self), protocol=self.protocol)
+        cpu0 = time.process_time()
+        selection, meta = cached_selection(spec, self.pool, cell.budget, ctx, entry.params, key)
+        if not meta["cached"]:
+            meta["cpu_s"] = round(time.process_time() - cpu0, 2)
+            meta["signals"] = ctx.signals.report() if ctx.signals.used else {"computed": [], "reused": []}
+        return selection, {**meta, "key": key}
+
+    def train(self, selection, seed: int) -> tuple[ModelUnderTest, dict[str, Any]]:
+        recipe = self.protocol.recipe
+        key = stable_hash({"base": self.base.identity, "recipe": recipe.model_dump(mode="json"),
+                           "selection": selection.hash, "seed": seed, "dtype": self.protocol.base_model.dtype})
+        out = self.cache.directory("adapters", key)
+        if out is None:
+            examples = self.pool.subset(selection.ids)
+            with self.cache.build_directory("adapters", key) as tmp:
+                finetune(self.base.path, examples, recipe, seed, tmp, dtype=self.protocol.base_model.dtype)
+            out = self.cache.path("adapters", key)
+        import json
+
+        report = json.loads((out / "train_report.json").read_text())
+        model = ModelUnderTest(name=key, base_path=str(out) if recipe.finetune == "full" else self.base.path,
+                               adapter=None if recipe.finetune == "full" else str(out),
+                               identity=f"{self.base.identity}+train:{key}", dtype=self.protocol.base_model.dtype,
+                               chat_template=recipe.chat_template)
+        return model, {**report, "key": key}
+
+    def base_model_under_test(self) -> ModelUnderTest:
+        return ModelUnderTest(BASE_ROW, self.base.path, None, self.base.identity, self.protocol.base_model.dtype,
+                              self.protocol.recipe.chat_template)
+
+    def baseline_models(self, cell: Cell, needed: set[str]) -> dict[str, ModelUnderTest]:
+        """Trained models of the reference rows that pairwise evaluation compares this cell against."""
+        out = {}
+        rows = {m.row: m for m in self.protocol.methods}
+        for ref in sorted(needed):
+            if ref not in rows:
+                continue
+            budget = len(self.pool) if registry.get_method(rows[ref].name).full_pool else cell.budget
+            ref_cell = Cell(ref, budget, cell.seed)
+            selection, _ = self.select(ref_cell)
+            out[ref], _ = self.train(selection, cell.seed)
+        return out
+
+    def evaluate(self, model: ModelUnderTest, cell: Cell | None) -> tuple[dict, dict, dict, dict]:
+        evaluators = load_evaluators()
+        metrics, summary, details, tables = {}, {}, {}, {}
+        for name, spec in configured_evaluators(self.protocol).items():
+            if name not in evaluators:
+                raise ValueError(f"{self.ws.protocol_path(self.name)}: evaluation.{name} names no known evaluator "
+                                 f"(known: {sorted(evaluators)})")
+            ev = evaluators[name]
+            baselines = self.baseline_models(cell, set(ev.needs_baselines)) if cell and ev.needs_baselines else {}
+            ctx = EvalContext(self.protocol, self.cache, self.ws.data_dir, seed=cell.seed if cell else 0,
+                              judge_provider=self.judge if ev.needs_judge else None, baselines=baselines)
+            t0 = time.perf_counter()
+            result, cached = evaluate_cached(ev, model, spec, ctx)
+            for k, m in result.metrics.items():
+                metrics[f"{name}/{k}"] = {"value": m.value, "stderr": m.stderr}
+            summary[name] = {"counts": result.counts, "info": result.info, "cached": cached,
+                             "wall_s": result.info.get("wall_s", round(time.perf_counter() - t0, 2))}
+            details[name] = result.details
+            tables.update({f"{name}/{k}": v for k, v in result.tables.items()})
+        return metrics, summary, details, tables
+
+    # -- cells --------------------------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell, force: bool = False) -> tuple[str, dict[str, Any] | None]:
+        """Returns ("skipped"|"done", record)."""
+        inputs = self.cell_inputs(cell)
+        inputs_hash = stable_hash(inputs)
+        path = self.cell_path(cell)
+        if not force and is_current(path, inputs_hash):
+            return "skipped", None
+        entry = self.protocol.method(cell.row)
+        spec = registry.get_method(entry.name)
+        console.print(f"[bold]{self.name}[/] {cell}: select")
+        selection, sel_meta = self.select(cell)
+        console.print(f"[bold]{self.name}[/] {cell}: train on {len(selection.ids)} examples")
+        model, train_report = self.train(selection, cell.seed)
+        console.print(f"[bold]{self.name}[/] {cell}: evaluate")
+        metrics, eval_summary, details, tables = self.evaluate(model, cell)
+        record = {
+            "board": self.name, "protocol_hash": self.protocol.hash, "inputs_hash": inputs_hash,
+            "method": {"row": cell.row, "name": entry.name, "params": inputs["params"], "version": spec.version,
+                       "source_hash": spec.source_hash, "family": spec.family, "aspect": spec.aspect,
+                       "citation": spec.citation},
+            "budget": cell.budget, "seed": cell.seed,
+            "pool": {"hash": self.pool.hash, "size": len(self.pool), "source": self.pool.report.get("source")},
+            "selection": {"hash": selection.hash, "size": len(selection.ids), "notes": selection.notes,
+                          "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "signals")}},
+            "training": {k: v for k, v in train_report.items() if k != "loss_curve"},
+            "metrics": metrics, "evaluation": eval_summary,
+            "timings": {"select_s": sel_meta.get("wall_s"), "train_s": train_report.get("wall_s"),
+                        "eval_s": round(sum(e["wall_s"] for e in eval_summary.values()), 2)},
+            "versions": package_versions(),
+        }
+        selected = [self.pool[i].to_dict() for i in selection.ids]
+        record["wandb"] = log_cell(protocol=self.protocol, run_name=f"{self.name}/{cell}", group=self.group,
+                                   job_type="select-train-eval", wandb_dir=self.ws.wandb_dir, record=record,
+                                   selected=selected, tables=tables, loss_curve=train_report.get("loss_curve"))
+        write_record(path, record, details)
+        return "done", record
+
+    def run_base(self, force: bool = False) -> tuple[str, dict[str, Any] | None]:
+        """The base model without fine-tuning: evaluated once per board as the reference row."""
+        inputs_hash = stable_hash(self.base_inputs())
+        path = record_path(self.ws.results, self.name, BASE_ROW, None, 0)
+        if not force and is_current(path, inputs_hash):
+            return "skipped", None
+        console.print(f"[bold]{self.name}[/] base model: evaluate")
+        metrics, eval_summary, details, tables = self.evaluate(self.base_model_under_test(), None)
+        record = {"board": self.name, "protocol_hash": self.protocol.hash, "inputs_hash": inputs_hash,
+                  "method": {"row": BASE_ROW, "name": BASE_ROW, "family": "reference", "params": {}},
+                  "budget": None, "seed": 0, "metrics": metrics, "evaluation": eval_summary,
+                  "timings": {"eval_s": round(sum(e["wall_s"] for e in eval_summary.values()), 2)},
+                  "base_model": self.base.description, "versions": package_versions()}
+        record["wandb"] = log_cell(protocol=self.protocol, run_name=f"{self.name}/base", group=self.group,
+                                   job_type="eval", wandb_dir=self.ws.wandb_dir, record=record, tables=tables)
+        write_record(path, record, details)
+        return "done", record
+
+    @property
+    def group(self) -> str:
+        return f"{self.name}-refresh-{self.refresh_id}"
+
+    def leaderboard(self) -> dict[str, Any]:
+        return build_leaderboard(self.ws.results, self.ws.board_dir(self.name), self.name, self.protocol)
+
+
+class _LazySignals:
+    """Gives a method a signal cache, created (and the base model loaded) only when the method asks."""
+
+    def __init__(self, factory):
+        self._factory, self._signals, self.used = factory, None, False
+
+    def __getattr__(self, name):
+        if self._signals is None:
+            self.used, self._signals = True, self._factory()
+        return getattr(self._signals, name)
+
+
+class _LazyJudge:
+    def __init__(self, board: Board):
+        self._board = board
+
+    def __getattr__(self, name):
+        return getattr(self._board.judge(), name)
+
+
+@dataclass
+class RefreshSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    leaderboard: dict[str, Any] = field(default_factory=dict)
+
+
+def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force: bool = False,
+            plugins: Iterable[str] = (), include_base: bool = True) -> RefreshSummary:
+    """Run every cell of the board that has no current record, then regenerate its leaderboard."""
+    board = Board(ws, board_name, tuple(plugins))
+    summary = RefreshSummary()
+    try:
+        if include_base:
+            status, _ = board.run_base(force)
+            (summary.done if status == "done" else summary.skipped).append(BASE_ROW)
+        for cell in board.cells(rows):
+            try:
+                status, _ = board.run_cell(cell, force)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one broken method must not stop the others
+                log.exception("cell %s failed", cell)
+                summary.failed[str(cell)] = f"{type(e).__name__}: {e}"
+                continue
+            (summary.done if status == "done" else summary.skipped).append(str(cell))
+    finally:
+        board.close()
+    summary.leaderboard = board.leaderboard()
+    return summary
