@@ -86,14 +86,14 @@ def example_id(messages: Sequence[dict[str, str]]) -> str:
     return stable_hash([[m["role"], m["content"]] for m in messages], length=16)
 
 
-def detect_format(row: dict[str, Any]) -> str:
+def detect_format(row: dict[str, Any], where: str = "") -> str:
     if "conversations" in row or "messages" in row:
         return "sharegpt"
     if "response" in row and "instruction" in row:
         return "dolly"
-    if "instruction" in row and "output" in row:
+    if "instruction" in row:
         return "alpaca"
-    raise PoolError(f"cannot tell the format of a row with keys {sorted(row)}; set pool.format")
+    raise PoolError(f"{where}: cannot tell the format of a row with keys {sorted(row)}; set pool.format")
 
 
 def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> str:
@@ -110,7 +110,7 @@ def _text(row: dict[str, Any], key: str, where: str, required: bool = True) -> s
 def normalise_row(row: dict[str, Any], fmt: str, where: str) -> Example:
     """Turn one raw row into an :class:`Example`, or raise :class:`PoolError` naming ``where``."""
     if fmt == "auto":
-        fmt = detect_format(row)
+        fmt = detect_format(row, where)
     if fmt in ("alpaca", "dolly"):
         instruction = _text(row, "instruction", where)
         inp = _text(row, "context" if fmt == "dolly" and "context" in row else "input", where, required=False)

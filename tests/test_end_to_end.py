@@ -102,6 +102,18 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     s2 = pipeline.refresh(ws, "tiny", plugins=[str(plugin)])
     assert s2.done == [] and len(s2.skipped) == 5 and snapshot(ws.root) == before
 
+    # The CLI: one cell (already current) and the leaderboard from results/ alone, both changing nothing.
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--board", "tiny", "--method", "random", "--budget", "8", "--seed", "0",
+                                 "--root", str(ws.root), "--plugin", str(plugin)])
+    assert r.exit_code == 0 and "random/8/seed0: skipped" in r.output, r.output
+    r = CliRunner().invoke(app, ["leaderboard", "--board", "tiny", "--root", str(ws.root)])
+    assert r.exit_code == 0 and "5 rows from 5 records; unchanged" in r.output, r.output
+    assert snapshot(ws.root) == before
+
     # Crash after training but before the record: the rerun reuses selection, adapter and evaluation.
     (ws.results / "tiny" / "longest" / "8" / "seed0.json").unlink()
     calls = []

