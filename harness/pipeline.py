@@ -162,10 +162,14 @@ class Board:
         """Trained models of the reference rows that pairwise evaluation compares this cell against."""
         out = {}
         rows = {m.row: m for m in self.protocol.methods}
+        budgets = {self.protocol.resolve_budget(b, len(self.pool)) for b in self.protocol.budgets}
         for ref in sorted(needed):
             if ref not in rows:
                 continue
-            budget = len(self.pool) if registry.get_method(rows[ref].name).full_pool else cell.budget
+            full_pool = registry.get_method(rows[ref].name).full_pool
+            if not full_pool and cell.budget not in budgets:
+                continue  # e.g. the full cell: there is no random model of the whole pool's size to compare with
+            budget = len(self.pool) if full_pool else cell.budget
             ref_cell = Cell(ref, budget, cell.seed)
             selection, _ = self.select(ref_cell)
             out[ref], _ = self.train(selection, cell.seed)
