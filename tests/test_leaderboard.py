@@ -1,0 +1,40 @@
+import yaml
+
+from harness.cache import atomic_write_json
+from harness.leaderboard import build_leaderboard
+from harness.protocol import load_protocol
+
+
+def rec(h, row, budget, seed, acc, gsm):
+    return {"protocol_hash": h, "method": {"row": row, "family": "baseline"}, "budget": budget, "seed": seed,
+            "metrics": {"lm_eval/arc_easy_local/acc": {"value": acc, "stderr": 0.1},
+                        "lm_eval/arc_easy_local/acc_norm": {"value": 0.0, "stderr": 0.1},
+                        "lm_eval/gsm8k_local/exact_match[flexible-extract]": {"value": gsm, "stderr": 0.1}},
+            "timings": {"select_s": 1.0, "train_s": 10.0 + seed}}
+
+
+def test_leaderboard_means_spread_reference_rows_and_stale_records(tmp_path):
+    board = tmp_path / "leaderboards" / "b"
+    board.mkdir(parents=True)
+    (board / "protocol.yaml").write_text(yaml.safe_dump({"name": "b", "base_model": {"path": "m"},
+                                                         "pool": {"path": "p.json"}, "budgets": [4],
+                                                         "methods": [{"name": "random"}]}))
+    protocol = load_protocol(board / "protocol.yaml")
+    h, res = protocol.hash, tmp_path / "results"
+    atomic_write_json(res / "b" / "base" / "seed0.json", rec(h, "base", None, 0, 0.2, 0.0))
+    atomic_write_json(res / "b" / "random" / "4" / "seed0.json", rec(h, "random", 4, 0, 0.4, 0.0))
+    atomic_write_json(res / "b" / "random" / "4" / "seed1.json", rec(h, "random", 4, 1, 0.6, 0.2))
+    atomic_write_json(res / "b" / "zeta" / "4" / "seed0.json", rec(h, "zeta", 4, 0, 0.9, 0.1))
+    atomic_write_json(res / "b" / "random" / "8" / "seed0.json", rec("oldhash", "random", 8, 0, 1.0, 1.0))
+
+    out = build_leaderboard(res, board, "b", protocol)
+    t = out["table"]
+    assert out["records"] == 4 and out["stale"] == 1 and set(out["changed"]) == {"LEADERBOARD.md", "leaderboard.csv"}
+    assert list(t["method"]) == ["base", "random", "zeta"]  # reference rows first
+    r = t[t["method"] == "random"].iloc[0]
+    assert abs(r["lm_eval/arc_easy_local/acc"] - 0.5) < 1e-9 and r["seeds"] == 2
+    assert abs(r["lm_eval/arc_easy_local/acc_std"] - 0.1414213) < 1e-6
+    assert abs(r["bench_avg"] - (0.5 + 0.1) / 2) < 1e-9  # acc for ARC, exact_match for GSM8K; acc_norm not used
+    md = (board / "LEADERBOARD.md").read_text()
+    assert h in md and "0.500 ± 0.141" in md and "1 records of other protocol hashes" in md and "oldhash" not in md
+    assert build_leaderboard(res, board, "b", protocol)["changed"] == []
