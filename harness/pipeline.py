@@ -293,6 +293,7 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
     """Run every cell of the board that has no current record, then regenerate its leaderboard."""
     board = Board(ws, board_name, tuple(plugins))
     summary = RefreshSummary()
+    board.cells(rows)  # load and validate the pool (and the method list) before any expensive work
     try:
         if include_base:
             status, _ = board.run_base(force)

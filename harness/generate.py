@@ -1,0 +1,129 @@
+"""Answers of a model under test to prompt sets, cached: batched greedy generation with the model's chat template.
+
+A conversation is a list of user turns; turn k is generated with the model's own earlier answers in the context
+(MT-Bench's second turn sees the first answer). Results are cached per (model identity, prompts, decoding), so a
+baseline model evaluated by several evaluators or cells is generated once.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from typing import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .cache import ArtifactCache, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+class Decoding(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(512, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    max_prompt_tokens: int = Field(2048, gt=0)  # longer prompts keep their last tokens
+    seed: int = 0
+
+
+def generate(model, conversations: Sequence[Sequence[str]], decoding: Decoding, cache: ArtifactCache | None,
+             desc: str = "generating") -> list[list[str]]:
+    """One answer per user turn of every conversation, in order."""
+    convs = [list(c) for c in conversations]
+    key = stable_hash({"model": model.identity, "chat_template": model.chat_template, "prompts": convs,
+                       "decoding": decoding.model_dump(exclude={"batch_size"})})
+    if cache is not None and (hit := cache.get_json("generations", key)) is not None:
+        return hit["answers"]
+    backend = _vllm_generate if _use_vllm() else _hf_generate
+    answers = backend(model, convs, decoding, desc)
+    if cache is not None:
+        cache.put_json("generations", key, {"model": model.name, "identity": model.identity, "answers": answers})
+    return answers
+
+
+def _use_vllm() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _turn_messages(conv: list[str], answers: list[str], k: int) -> list[dict[str, str]]:
+    msgs = []
+    for i in range(k):
+        msgs += [{"role": "user", "content": conv[i]}, {"role": "assistant", "content": answers[i]}]
+    return msgs + [{"role": "user", "content": conv[k]}]
+
+
+def _hf_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> list[list[str]]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .formatting import render
+    from .models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(model.base_path, model.chat_template)
+    tok.padding_side = "left"
+    lm = load_causal_lm(model.base_path, model.dtype, adapter=model.adapter)
+    limit = getattr(lm.config, "max_position_embeddings", None) or dec.max_prompt_tokens + dec.max_new_tokens
+    max_prompt = max(1, min(dec.max_prompt_tokens, limit - dec.max_new_tokens))
+    answers: list[list[str]] = [[] for _ in convs]
+    torch.manual_seed(dec.seed)
+    try:
+        for k in range(max(map(len, convs), default=0)):
+            todo = [i for i, c in enumerate(convs) if len(c) > k]
+            prompts = {i: tok(render(tok, _turn_messages(convs[i], answers[i], k), add_generation_prompt=True),
+                              add_special_tokens=False)["input_ids"][-max_prompt:] for i in todo}
+            todo.sort(key=lambda i: len(prompts[i]))  # similar lengths per batch: less padding
+            bar = tqdm(total=len(todo), desc=f"{desc} ({model.name}, turn {k + 1})", disable=len(todo) < 2)
+            for b in range(0, len(todo), dec.batch_size):
+                idx = todo[b: b + dec.batch_size]
+                batch = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
+                kw = dict(do_sample=True, temperature=dec.temperature, top_p=dec.top_p) if dec.temperature > 0 \
+                    else dict(do_sample=False)
+                with torch.no_grad():
+                    out = lm.generate(**batch, max_new_tokens=dec.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                      **kw)
+                texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                for i, t in zip(idx, texts):
+                    answers[i].append(t.strip())
+                bar.update(len(idx))
+            bar.close()
+    finally:
+        del lm
+        gc.collect()
+    return answers
+
+
+def _vllm_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> list[list[str]]:
+    from vllm import LLM, SamplingParams
+
+    from .formatting import render
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(model.base_path, model.chat_template)
+    llm = LLM(model=model.base_path, dtype=model.dtype, enable_lora=bool(model.adapter), seed=dec.seed)
+    lora = None
+    if model.adapter:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("adapter", 1, model.adapter)
+    params = SamplingParams(max_tokens=dec.max_new_tokens, temperature=dec.temperature, top_p=dec.top_p)
+    answers: list[list[str]] = [[] for _ in convs]
+    try:
+        for k in range(max(map(len, convs), default=0)):
+            todo = [i for i, c in enumerate(convs) if len(c) > k]
+            texts = [render(tok, _turn_messages(convs[i], answers[i], k), add_generation_prompt=True) for i in todo]
+            outs = llm.generate(texts, params, lora_request=lora, use_tqdm=True)
+            for i, o in zip(todo, outs):
+                answers[i].append(o.outputs[0].text.strip())
+    finally:
+        del llm
+        gc.collect()
+    return answers

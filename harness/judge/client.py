@@ -1,0 +1,200 @@
+"""A judge client on any OpenAI-compatible chat endpoint: bounded concurrency, retries, a per-judgment cache and a
+ledger of what the judging cost.
+
+Transport failures (timeouts, connection errors, HTTP 429 and 5xx) are retried with exponential backoff. A verdict
+that the caller's ``parse`` rejects is re-asked up to ``max_parse_retries`` times; each re-ask sends a different
+``seed`` (attempt number) and, when the protocol asks for greedy judging, temperature 0.7, because a greedy judge would
+only repeat the same unparseable text. After that the judgment is an *error verdict* that callers count as an error,
+never as a tie. The API key is only ever read from the environment into the HTTP client; it is not part of any cache
+key, cache file, ledger or log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..cache import ArtifactCache, stable_hash
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+RETRY_TEMPERATURE = 0.7
+
+
+@dataclass
+class Ledger:
+    calls: int = 0  # HTTP requests sent (including retried ones)
+    cached: int = 0  # answers served from the judgment cache
+    retries: int = 0  # transport retries (timeouts, 429, 5xx, connection errors)
+    parse_retries: int = 0  # re-asks after an unparseable verdict
+    parse_errors: int = 0  # judgments still unparseable after all re-asks
+    errors: int = 0  # judgments that failed at the transport level after all retries
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def as_counts(self, prefix: str = "judge/") -> dict[str, int]:
+        return {prefix + k: v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Verdict:
+    value: Any  # the parsed verdict, or None for an error verdict
+    text: str | None  # the last raw judge output
+    attempts: int
+    error: str | None = None  # "parse" or the transport error
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Retryable(Exception):
+    pass
+
+
+@dataclass
+class JudgeClient:
+    """``identity`` names the judge in cache keys (model + endpoint, or the local weights' hash) — never the key."""
+
+    base_url: str
+    model: str
+    identity: dict[str, Any]
+    cache: ArtifactCache | None = None
+    api_key: str = field(default="EMPTY", repr=False)
+    api_key_env: str | None = None  # the variable's name, for tools (alpaca_eval) that build their own client
+    max_concurrency: int = 4
+    max_retries: int = 5
+    max_parse_retries: int = 2
+    timeout_s: float = 120.0
+    temperature: float = 0.0
+    max_tokens: int = 512
+    backoff_s: float = 1.0  # first retry delay; doubles each retry
+    extra_body: dict[str, Any] | None = None
+    ledger: Ledger = field(default_factory=Ledger)
+    server_log: Any = None  # path of a local server's log, for diagnostics
+
+    def __post_init__(self):
+        from openai import OpenAI
+
+        # Our own retry loop (max_retries=0 here) so that retries are counted and testable.
+        self._client = OpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY", max_retries=0,
+                              timeout=self.timeout_s)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_spec(cls, spec, base_url: str, model: str, identity: dict[str, Any], cache: ArtifactCache | None,
+                  api_key: str = "EMPTY", **kw) -> "JudgeClient":
+        return cls(base_url=base_url, model=model, identity=identity, cache=cache, api_key=api_key,
+                   max_concurrency=spec.max_concurrency, max_retries=spec.max_retries,
+                   max_parse_retries=spec.max_parse_retries, timeout_s=spec.timeout_s,
+                   temperature=spec.temperature, max_tokens=spec.max_tokens, **kw)
+
+    # -- one request ---------------------------------------------------------------------------------------------
+    def _count(self, ledgers: Sequence[Ledger], **inc: int) -> None:
+        with self._lock:
+            for lg in ledgers:
+                for k, v in inc.items():
+                    setattr(lg, k, getattr(lg, k) + v)
+
+    def _params(self, attempt: int, max_tokens: int | None) -> dict[str, Any]:
+        p = {"temperature": self.temperature, "max_tokens": max_tokens or self.max_tokens}
+        if attempt > 0:
+            p["seed"] = attempt
+            p["temperature"] = self.temperature or RETRY_TEMPERATURE
+        return p
+
+    def complete(self, messages: Messages, attempt: int = 0, max_tokens: int | None = None,
+                 ledgers: Sequence[Ledger] = ()) -> str:
+        """The judge's text for ``messages`` (cached). Raises after ``max_retries`` failed transport retries."""
+        ledgers = (self.ledger, *ledgers)
+        params = self._params(attempt, max_tokens)
+        key = stable_hash({"judge": self.identity, "messages": messages, "params": params})
+        if self.cache is not None:
+            hit = self.cache.get_json("judgments", key)
+            if hit is not None:
+                self._count(ledgers, cached=1)
+                return hit["text"]
+        text, usage = self._request(messages, params, ledgers)
+        self._count(ledgers, prompt_tokens=usage[0], completion_tokens=usage[1])
+        if self.cache is not None:
+            self.cache.put_json("judgments", key, {"text": text, "judge": self.identity, "params": params})
+        return text
+
+    def _request(self, messages: Messages, params: dict[str, Any], ledgers) -> tuple[str, tuple[int, int]]:
+        import openai
+
+        for i in range(self.max_retries + 1):
+            if self._closed:  # the evaluation was aborted: don't keep retrying against a stopped server
+                raise RuntimeError("judge client closed")
+            self._count(ledgers, calls=1)
+            try:
+                r = self._client.chat.completions.create(model=self.model, messages=messages,
+                                                         extra_body=self.extra_body, **params)
+                text = r.choices[0].message.content or ""
+                usage = (r.usage.prompt_tokens, r.usage.completion_tokens) if r.usage else (0, 0)
+                return text, usage
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
+                    openai.InternalServerError) as e:
+                if i == self.max_retries:
+                    raise
+                self._count(ledgers, retries=1)
+                delay = self.backoff_s * 2 ** i
+                log.warning("judge request failed (%s); retry %d/%d in %.2fs", type(e).__name__, i + 1,
+                            self.max_retries, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- judgments -----------------------------------------------------------------------------------------------
+    def judge(self, messages: Messages, parse: Callable[[str], Any] | None = None, ledger: Ledger | None = None,
+              max_tokens: int | None = None) -> Verdict:
+        """One judgment. ``parse`` returns the verdict, or None / raises ValueError when the text is unusable."""
+        ledgers = (ledger,) if ledger is not None else ()
+        text = None
+        for attempt in range(self.max_parse_retries + 1):
+            if attempt:
+                self._count(ledgers + (self.ledger,), parse_retries=1)
+            try:
+                text = self.complete(messages, attempt, max_tokens, ledgers)
+            except Exception as e:  # transport failure after retries: an error verdict, counted
+                self._count(ledgers + (self.ledger,), errors=1)
+                return Verdict(None, text, attempt + 1, f"{type(e).__name__}: {e}")
+            if parse is None:
+                return Verdict(text, text, attempt + 1)
+            try:
+                value = parse(text)
+            except ValueError:
+                value = None
+            if value is not None:
+                return Verdict(value, text, attempt + 1)
+        self._count(ledgers + (self.ledger,), parse_errors=1)
+        return Verdict(None, text, self.max_parse_retries + 1, "parse")
+
+    def judge_many(self, items: Sequence[Messages], parse: Callable[[str], Any] | None = None,
+                   ledger: Ledger | None = None, desc: str = "judging", max_tokens: int | None = None) -> list[Verdict]:
+        """Judge every conversation in ``items`` with at most ``max_concurrency`` requests in flight."""
+        from tqdm.auto import tqdm
+
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
+        try:
+            futures = [pool.submit(self.judge, m, parse, ledger, max_tokens) for m in items]
+            pending = set(futures)
+            with tqdm(total=len(futures), desc=desc, disable=len(futures) < 2) as bar:
+                while pending:  # a timed wait keeps Ctrl-C responsive (a bare Future.result() is not)
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    bar.update(len(done))
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._client.close()

@@ -1,0 +1,153 @@
+"""Parsing judge outputs and combining two-order pairwise verdicts. Pure functions, no I/O.
+
+Sign convention for one ordered judgment: +1 the model under test is preferred, -1 the other model is preferred,
+0 tie. A judgment that cannot be parsed is ``None`` (an error): it never becomes a tie.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+_RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+
+def parse_rating(text: str | None) -> float:
+    """MT-Bench single grading: ``[[x]]`` (fallback ``[x]``) -> x, anything else -> -1 (FastChat's convention)."""
+    if not text:
+        return -1.0
+    m = _RATING.search(text) or _RATING_FALLBACK.search(text)
+    return float(m.group(1)) if m else -1.0
+
+
+def rating_or_none(text: str | None) -> float | None:
+    r = parse_rating(text)
+    return None if r < 0 else r
+
+
+def parse_pair_v2(text: str | None) -> str:
+    """MT-Bench pairwise ``pair-v2``: "A", "B", "tie" (``[[C]]``) or "error". Checked in FastChat's order, so a
+    judgment containing both ``[[A]]`` and ``[[B]]`` is "A"."""
+    if not text:
+        return "error"
+    for tag, verdict in (("[[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "tie")):
+        if tag in text:
+            return verdict
+    return "error"
+
+
+def pair_v2_or_none(text: str | None) -> str | None:
+    v = parse_pair_v2(text)
+    return None if v == "error" else v
+
+
+def parse_two_scores(text: str | None) -> tuple[float, float] | None:
+    """Vicuna/AlpaGasus review: two scores alone on the first line ("8 6" or "8, 6"); anything else -> None."""
+    if not text or not text.strip():
+        return None
+    fields = text.strip().splitlines()[0].replace(",", " ").split()
+    if len(fields) != 2 or not all(_NUMBER.match(f) for f in fields):
+        return None
+    return float(fields[0]), float(fields[1])
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def scores_sign(scores: tuple[float, float] | None, model_first: bool) -> int | None:
+    """Sign of one ordered review: (first, second) scores, the model under test shown first or second."""
+    if scores is None:
+        return None
+    model, other = scores if model_first else scores[::-1]
+    return _sign(model - other)
+
+
+def pair_v2_sign(verdict: str | None, model_first: bool) -> int | None:
+    """Sign of one ordered pair-v2 verdict ("A"/"B"/"tie"); "error"/None stays None."""
+    if verdict in (None, "error"):
+        return None
+    if verdict == "tie":
+        return 0
+    model_slot = "A" if model_first else "B"
+    return 1 if verdict == model_slot else -1
+
+
+def combine_sum(s1: int | None, s2: int | None) -> str:
+    """The papers' rule (Cherry/AlpaGasus): s = s1 + s2; s>0 win, s<0 lose, else tie. Win + tie is a win."""
+    if s1 is None or s2 is None:
+        return "error"
+    s = s1 + s2
+    return "win" if s > 0 else "lose" if s < 0 else "tie"
+
+
+def combine_strict(s1: int | None, s2: int | None) -> str:
+    """FastChat's rule: only a verdict both orders agree on counts; any disagreement is a tie."""
+    if s1 is None or s2 is None:
+        return "error"
+    if s1 != s2 or s1 == 0:
+        return "tie"
+    return "win" if s1 > 0 else "lose"
+
+
+@dataclass
+class Tally:
+    """Win/tie/lose counts of two-order comparisons; errors are kept apart and excluded from N."""
+
+    win: int = 0
+    tie: int = 0
+    lose: int = 0
+    error: int = 0
+    flips: int = 0  # parsed pairs whose two orders disagree (position inconsistency)
+    outcomes: list[int] = field(default_factory=list)
+
+    def add(self, outcome: str, flipped: bool = False) -> None:
+        if outcome == "error":
+            self.error += 1
+            return
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.outcomes.append({"win": 1, "tie": 0, "lose": -1}[outcome])
+        self.flips += bool(flipped)
+
+    def merge(self, other: "Tally") -> "Tally":
+        return Tally(self.win + other.win, self.tie + other.tie, self.lose + other.lose, self.error + other.error,
+                     self.flips + other.flips, self.outcomes + other.outcomes)
+
+    @property
+    def n(self) -> int:
+        return self.win + self.tie + self.lose
+
+    @property
+    def ws(self) -> float:
+        """Winning score (W - L) / N + 1 in [0, 2]; 1 is parity. NaN when nothing was judged."""
+        return win_score(self.win, self.tie, self.lose)
+
+    @property
+    def ws_stderr(self) -> float | None:
+        n = len(self.outcomes)
+        if n < 2:
+            return None
+        mean = sum(self.outcomes) / n
+        var = sum((o - mean) ** 2 for o in self.outcomes) / (n - 1)
+        return math.sqrt(var / n)
+
+    @property
+    def flip_rate(self) -> float:
+        return self.flips / self.n if self.n else float("nan")
+
+
+def win_score(win: int, tie: int, lose: int) -> float:
+    n = win + tie + lose
+    return (win - lose) / n + 1 if n else float("nan")
+
+
+def judge_pair(s1: int | None, s2: int | None, main: Tally, strict: Tally) -> tuple[str, str]:
+    """Record one comparison (s1: model shown first, s2: model shown second) in both tallies."""
+    flipped = s1 is not None and s2 is not None and s1 != s2
+    a, b = combine_sum(s1, s2), combine_strict(s1, s2)
+    main.add(a, flipped)
+    strict.add(b, flipped)
+    return a, b

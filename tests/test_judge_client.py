@@ -1,0 +1,120 @@
+"""JudgeClient against a fault-injecting OpenAI-compatible server: retries, parse re-asks, cache, ledger, secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.cache import ArtifactCache
+from harness.judge.client import JudgeClient, Ledger
+from harness.judge.verdicts import rating_or_none
+from harness.protocol import JudgeSpec
+
+from fake_judge import FakeJudge
+
+SECRET = "sk-test-THIS-MUST-NOT-LEAK-1234"
+MSG = [{"role": "system", "content": "judge"}, {"role": "user", "content": "Rate it, write [[rating]]."}]
+
+
+@pytest.fixture
+def fake():
+    with FakeJudge(timeout_sleep_s=1.0) as f:
+        yield f
+
+
+def make_client(fake, tmp_path, **kw) -> JudgeClient:
+    spec = JudgeSpec(kind="openai", model="fake-judge", max_retries=kw.pop("max_retries", 3),
+                     max_parse_retries=kw.pop("max_parse_retries", 2), timeout_s=0.5, max_concurrency=3)
+    return JudgeClient.from_spec(spec, fake.base_url, "fake-judge", {"kind": "openai", "model": "fake-judge",
+                                 "base_url": fake.base_url}, ArtifactCache(tmp_path / "cache"), api_key=SECRET,
+                                 backoff_s=0.01, **kw)
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "timeout"])
+def test_transport_faults_are_retried(fake, tmp_path, fault):
+    c = make_client(fake, tmp_path)
+    fake.faults.extend([fault, fault])
+    lg = Ledger()
+    v = c.judge(MSG, rating_or_none, lg)
+    assert v.ok and v.value is not None
+    assert (lg.calls, lg.retries, lg.errors) == (3, 2, 0)
+    assert c.ledger.retries == 2
+
+
+def test_retries_exhausted_is_counted_error(fake, tmp_path):
+    c = make_client(fake, tmp_path, max_retries=1)
+    fake.faults.extend(["500", "500"])
+    lg = Ledger()
+    v = c.judge(MSG, rating_or_none, lg)
+    assert not v.ok and v.value is None and "InternalServerError" in v.error
+    assert (lg.calls, lg.retries, lg.errors, lg.parse_errors) == (2, 1, 1, 0)
+
+
+def test_garbage_verdict_reasked_then_succeeds(fake, tmp_path):
+    c = make_client(fake, tmp_path)
+    fake.faults.append("garbage")
+    lg = Ledger()
+    v = c.judge(MSG, rating_or_none, lg)
+    assert v.ok and v.attempts == 2 and lg.parse_retries == 1 and lg.parse_errors == 0
+    second = fake.requests[-1]
+    assert second["seed"] == 1 and second["temperature"] > 0  # the re-ask samples differently
+
+
+def test_garbage_after_all_reasks_is_error_not_tie(fake, tmp_path):
+    c = make_client(fake, tmp_path, max_parse_retries=2)
+    fake.faults.extend(["garbage"] * 3)
+    lg = Ledger()
+    v = c.judge(MSG, rating_or_none, lg)
+    assert not v.ok and v.error == "parse" and v.value is None and v.attempts == 3
+    assert (lg.calls, lg.parse_retries, lg.parse_errors) == (3, 2, 1)
+
+
+def test_cache_hit_on_repeat_and_ledger(fake, tmp_path):
+    c = make_client(fake, tmp_path)
+    items = [[{"role": "user", "content": f"question {i} [[rating]]"}] for i in range(5)]
+    lg1 = Ledger()
+    first = c.judge_many(items, rating_or_none, lg1)
+    assert (lg1.calls, lg1.cached, lg1.prompt_tokens, lg1.completion_tokens) == (5, 0, 50, 15)
+    n_requests = len(fake.requests)
+    c2 = make_client(fake, tmp_path)  # a new client on the same cache: same judge identity
+    lg2 = Ledger()
+    again = c2.judge_many(items, rating_or_none, lg2)
+    assert [v.value for v in again] == [v.value for v in first]
+    assert (lg2.calls, lg2.cached) == (0, 5) and len(fake.requests) == n_requests
+
+
+def test_api_key_sent_but_never_stored(fake, tmp_path, caplog):
+    c = make_client(fake, tmp_path)
+    fake.faults.append("500")
+    with caplog.at_level("DEBUG"):
+        c.judge_many([MSG, [{"role": "user", "content": "other [[rating]]"}]], rating_or_none)
+    assert any(SECRET in h for h in fake.auth_headers)
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        assert SECRET not in p.read_text()
+    assert SECRET not in caplog.text and SECRET not in repr(c)
+
+
+def test_concurrency_is_bounded(fake, tmp_path):
+    c = make_client(fake, tmp_path)
+    import threading
+
+    active, peak, lock = [0], [0], threading.Lock()
+    orig = c._request
+
+    def spy(*a, **kw):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            import time
+
+            time.sleep(0.05)
+            return orig(*a, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    c._request = spy
+    c.judge_many([[{"role": "user", "content": f"q{i} [[rating]]"}] for i in range(9)], rating_or_none)
+    assert 1 < peak[0] <= 3

@@ -1,0 +1,91 @@
+"""MT-Bench, AlpacaEval and pairwise evaluators end to end: the tiny model generates, a fake judge answers."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from harness.cache import ArtifactCache
+from harness.evaluate import EvalContext, ModelUnderTest, evaluate_cached, load_evaluators
+from harness.judge.client import JudgeClient
+from harness.protocol import JudgeSpec
+
+from fake_judge import FakeJudge
+
+GARBAGE_TRIGGERS = ("Hawaii", "How can I improve my time management skills?",
+                    "What are the names of some famous actors that started their careers on Broadway?")
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeJudge(garbage_if=GARBAGE_TRIGGERS) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return ArtifactCache(tmp_path_factory.mktemp("judged") / "cache")  # shared: later tests reuse generations
+
+
+@pytest.fixture
+def setup(fake, tiny_model_dir, data_dir, cache):
+    spec = JudgeSpec(kind="openai", model="fake-judge", base_url=fake.base_url, max_parse_retries=1)
+    client = JudgeClient.from_spec(spec, fake.base_url, "fake-judge", {"kind": "openai", "model": "fake-judge"},
+                                   cache, backoff_s=0.01)
+    model = ModelUnderTest("tiny/sel", str(tiny_model_dir), None, "tiny-sel")
+    full = ModelUnderTest("tiny/full", str(tiny_model_dir), None, "tiny-full")
+    ctx = EvalContext(SimpleNamespace(judge=spec), cache, data_dir, judge_provider=lambda: client,
+                      baselines={"full": full, "random": model})  # "random" is the model itself -> skipped
+    return SimpleNamespace(model=model, ctx=ctx, client=client, evaluators=load_evaluators())
+
+
+def test_mt_bench(setup):
+    ev = setup.evaluators["mt_bench"]
+    spec = {"question_ids": [81, 101, 111], "max_new_tokens": 8, "turns": [1, 2]}
+    r, cached = evaluate_cached(ev, setup.model, spec, setup.ctx)
+    assert not cached
+    assert r.counts["judgments"] == 6 and r.counts["errors"] == 2 and r.counts["parse_errors"] == 2
+    assert r.counts["scored"] == 4 and r.counts["judge/parse_retries"] == 2
+    assert {"score", "turn1", "turn2", "category/reasoning", "category/math"} <= set(r.metrics)
+    assert "category/writing" not in r.metrics  # its only question was unparseable in both turns: omitted
+    assert all(1 <= d["score"] <= 10 for d in r.details if d["error"] is None)
+    assert 1 <= r.metrics["score"].value <= 10
+    r2, cached = evaluate_cached(ev, setup.model, spec, setup.ctx)
+    assert cached and r2.metrics["score"].value == r.metrics["score"].value
+    with pytest.raises(ValueError, match="evaluation.mt_bench.turns"):
+        ev.fn(setup.model, {"turns": [3]}, setup.ctx)
+
+
+@pytest.mark.parametrize("fmt", ["review", "pair-v2"])
+def test_pairwise(setup, fmt):
+    ev = setup.evaluators["pairwise"]
+    spec = {"per_set": 2, "max_new_tokens": 8, "format": fmt}
+    r = ev.fn(setup.model, spec, setup.ctx)
+    # the fake judge always prefers the answer shown first (or [[A]]): every parsed pair is a flip and a tie
+    assert r.info["skipped"] == {"random": "model under test is this baseline"}
+    assert "ws_vs_random" not in r.metrics
+    assert r.counts["vs_full/error"] == 1 and r.counts["vs_full/vicuna/error"] == 1
+    assert (r.counts["vs_full/win"], r.counts["vs_full/tie"], r.counts["vs_full/lose"]) == (0, 9, 0)
+    assert r.metrics["ws_vs_full"].value == pytest.approx(1.0)
+    assert r.metrics["ws_strict_vs_full"].value == pytest.approx(1.0)
+    assert r.metrics["flip_rate_vs_full"].value == pytest.approx(1.0)
+    assert set(f"ws_vs_full/{s}" for s in ("vicuna", "koala", "wizardlm", "self_instruct", "lima")) <= set(r.metrics)
+    assert len(r.details) == 10
+    calls = setup.client.ledger.calls
+    r2 = ev.fn(setup.model, spec, setup.ctx)  # generations and judgments both come from the cache now
+    assert setup.client.ledger.calls == calls and r2.metrics["ws_vs_full"].value == r.metrics["ws_vs_full"].value
+
+
+def test_alpaca_eval(setup):
+    ev = setup.evaluators["alpaca_eval"]
+    r = ev.fn(setup.model, {"reference": "text_davinci_003", "max_instances": 3, "max_new_tokens": 8},
+              setup.ctx)
+    assert r.counts["instructions"] == 3 and r.counts["annotated"] == 2 and r.counts["errors"] == 1
+    assert 0 <= r.metrics["win_rate"].value <= 100
+    assert not math.isnan(r.metrics["lc_win_rate"].value)
+    assert r.info["lc_method"] == "length_logistic_fallback"
+    assert r.details[0]["preference"] is None and all(d["preference"] in (1.0, 2.0) for d in r.details[1:])
+    cfg_dir = setup.ctx.cache.root / "alpaca_eval"
+    assert any(cfg_dir.rglob("annotations.json"))  # alpaca_eval's cache lives under ours, not site-packages
