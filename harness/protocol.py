@@ -205,8 +205,13 @@ def load_protocol(path: str | Path) -> Protocol:
     try:
         return Protocol.model_validate(raw)
     except ValidationError as e:
-        lines = [f"{path}: invalid protocol"]
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ProtocolError("\n".join(lines)) from None
+        raise ProtocolError(describe_validation_error(e, f"{path}: invalid protocol")) from None
+
+
+def describe_validation_error(e: ValidationError, header: str, loc_prefix: str = "") -> str:
+    """One line per pydantic error, each naming the field (``loc_prefix`` + dotted location)."""
+    lines = [header]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  {loc_prefix}{loc}: {err['msg']}")
+    return "\n".join(lines)

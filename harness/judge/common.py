@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+
 from ..paths import data_dir as default_data_dir
+from ..protocol import describe_validation_error
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -21,11 +23,8 @@ def parse_section(model: type[S], raw: Any, section: str) -> S:
     try:
         return model.model_validate(raw or {})
     except ValidationError as e:
-        lines = [f"evaluation.{section}: invalid settings"]
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            lines.append(f"  evaluation.{section}.{loc}: {err['msg']}")
-        raise ValueError("\n".join(lines)) from None
+        raise ValueError(describe_validation_error(e, f"evaluation.{section}: invalid settings",
+                                                   f"evaluation.{section}.")) from None
 
 
 def open_ended_dir(ctx) -> Path:
