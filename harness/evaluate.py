@@ -110,10 +110,11 @@ def configured_evaluators(protocol) -> dict[str, Any]:
     return {k: v for k, v in sections.items() if v is not None}
 
 
-def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any, ctx: EvalContext) -> tuple[EvalResult, bool]:
+def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
+                    ctx: EvalContext) -> tuple[EvalResult, bool]:
     """Run an evaluator unless its result for the same model, spec and baselines is cached."""
     key = stable_hash({"evaluator": evaluator.name, "version": evaluator.version, "model": model.identity,
-                       "spec": spec, "judge": ctx.protocol.judge.model_dump(mode="json") if evaluator.needs_judge else None,
+                       "spec": spec, "judge": ctx.protocol.judge.identity() if evaluator.needs_judge else None,
                        "baselines": {k: v.identity for k, v in sorted(ctx.baselines.items())}})
     hit = ctx.cache.get_json(f"eval/{evaluator.name}", key)
     if hit is not None:

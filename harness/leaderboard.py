@@ -17,6 +17,21 @@ from .cache import write_if_changed
 from .record import BASE_ROW, iter_records
 
 REFERENCE_ROWS = (BASE_ROW, "full", "random")
+# The judged headline metrics shown in LEADERBOARD.md (leaderboard.csv has every metric: per turn, category, test
+# set, the strict two-order rule ...).
+JUDGED_HEADLINES = ("mt_bench/score", "alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "pairwise/ws_vs_full",
+                    "pairwise/ws_vs_random", "pairwise/flip_rate_vs_full", "pairwise/flip_rate_vs_random")
+
+
+def judge_error_counts(evaluation: dict[str, Any]) -> tuple[int, int]:
+    """(judged items with an unusable verdict, judged items) over the judged evaluators of one record."""
+    errors = judged = 0
+    for summary in evaluation.values():
+        counts = summary.get("counts") or {}
+        if "judgments" in counts:
+            judged += int(counts["judgments"])
+            errors += int(counts.get("errors", 0))
+    return errors, judged
 
 
 def records_frame(results_dir: Path, board: str, protocol_hash: str) -> tuple[pd.DataFrame, list[str]]:
@@ -31,6 +46,7 @@ def records_frame(results_dir: Path, board: str, protocol_hash: str) -> tuple[pd
                "train_s": (rec.get("timings") or {}).get("train_s")}
         for name, m in rec.get("metrics", {}).items():
             row[name] = m["value"]
+        row["judge_errors"], row["judged"] = judge_error_counts(rec.get("evaluation") or {})
         rows.append(row)
     return pd.DataFrame(rows), stale
 
@@ -53,7 +69,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     if prim:
         df = df.assign(**{"bench_avg": df[prim].mean(axis=1, skipna=False)})
         metric_cols = ["bench_avg", *metric_cols]
-    value_cols = metric_cols + ["select_s", "train_s"]
+    value_cols = metric_cols + ["select_s", "train_s", "judge_errors", "judged"]
     df = df.copy()
     df["budget"] = df["budget"].fillna(-1).astype(int)
     grouped = df.groupby(["method", "family", "budget"], dropna=False)
@@ -82,9 +98,23 @@ def _fmt(mean: Any, std: Any, seconds: bool = False) -> str:
     return s
 
 
+def headline_columns(columns: list[str]) -> list[str]:
+    """bench_avg, each lm-eval task's headline metric, the judged headlines present."""
+    present = set(columns)
+    return [c for c in ("bench_avg", *primary_metric_columns(columns), *JUDGED_HEADLINES) if c in present]
+
+
+def _errors_cell(r) -> str:
+    if not r.get("judged") or math.isnan(r["judged"]):
+        return "–"
+    return f"{r['judge_errors']:.0f}/{r['judged']:.0f}"
+
+
 def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str]) -> str:
-    metric_cols = [c for c in agg.columns if ("/" in c or c == "bench_avg") and not c.endswith("_std")]
-    head = ["method", "family", "budget", "seeds", *metric_cols, "select s", "train s"]
+    metric_cols = headline_columns(list(agg.columns))
+    judged = "judged" in agg and agg["judged"].fillna(0).gt(0).any()
+    head = ["method", "family", "budget", "seeds", *metric_cols, *(["judge errors"] if judged else []),
+            "select s", "train s"]
     lines = [f"# Leaderboard: {board}", "",
              f"Protocol `{protocol.hash}` · base model `{protocol.base_model.path}` · "
              f"{n_records} result records · generated from `results/{board}/` by `selbench leaderboard`.", ""]
@@ -93,13 +123,17 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
     if stale:
         lines += [f"{len(stale)} records of other protocol hashes were left out (e.g. `{stale[0]}`).", ""]
     lines += ["Values are means over seeds ± sample standard deviation. `bench_avg` is the mean of each "
-              "lm-eval task's headline metric (acc, or exact_match).", ""]
-    lines.append("| " + " | ".join(h.replace("lm_eval/", "") for h in head) + " |")
+              "lm-eval task's headline metric (acc, or exact_match). `leaderboard.csv` holds every metric (per "
+              "MT-Bench turn and category, per pairwise test set, FastChat's strict two-order rule, ...)."
+              + (" `judge errors`: judged items whose verdict could not be parsed (or the call failed) after "
+                 "retries, over all judged items; they count in no score, never as ties." if judged else ""), ""]
+    lines.append("| " + " | ".join(h.replace("lm_eval/", "").replace("_local/", "/") for h in head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for _, r in agg.iterrows():
         cells = [f"**{r['method']}**" if r["method"] in REFERENCE_ROWS else r["method"], r["family"],
                  str(r["budget"]), str(int(r["seeds"]))]
         cells += [_fmt(r[c], r.get(f"{c}_std")) for c in metric_cols]
+        cells += [_errors_cell(r)] if judged else []
         cells += [_fmt(r["select_s"], r.get("select_s_std"), True), _fmt(r["train_s"], r.get("train_s_std"), True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

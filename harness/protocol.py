@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -110,6 +110,14 @@ class JudgeSpec(_Strict):
     temperature: float = 0.0
     max_tokens: int = 512
 
+    # Settings that change what the judge says; concurrency, timeouts, retries and the key's variable name do not,
+    # so cached evaluations survive a change to them.
+    VERDICT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "kind", "model", "base_url", "server", "max_parse_retries", "temperature", "max_tokens")
+
+    def identity(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.VERDICT_FIELDS}
+
     @field_validator("api_key_env")
     @classmethod
     def _no_literal_keys(cls, v):
@@ -172,7 +180,8 @@ class Protocol(_Strict):
         return v
 
     def fixed_part(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"methods", "tracking"})
+        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge"}),
+                "judge": self.judge.identity()}
 
     @property
     def hash(self) -> str:

@@ -49,7 +49,8 @@ def log_cell(*, protocol, run_name: str, group: str, job_type: str, wandb_dir: P
         summary = {name: m["value"] for name, m in record.get("metrics", {}).items()}
         summary.update({f"{name}_stderr": m["stderr"] for name, m in record.get("metrics", {}).items()
                         if m.get("stderr") is not None})
-        summary.update({f"time/{k}": v for k, v in (record.get("timings") or {}).items() if isinstance(v, (int, float))})
+        summary.update({f"time/{k}": v for k, v in (record.get("timings") or {}).items()
+                        if isinstance(v, (int, float))})
         run.summary.update(summary)
         if selected is not None:
             art = wandb.Artifact(f"selection-{record['selection']['hash']}", type="selection",

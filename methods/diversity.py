@@ -1,26 +1,24 @@
-"""Two diversity selectors without a trained model.
+"""`diversity`: two diversity selectors without a trained model, one method with a ``variant`` parameter.
 
-``vendi``: greedy maximisation of the Vendi score, Friedman & Dieng 2023, "The Vendi Score: A Diversity Evaluation
-Metric for Machine Learning" (TMLR 2023, arXiv 2210.02410). The score follows vertaix/Vendi-Score @c791c30
-``vendi.score_K`` with q = 1: ``exp(-sum p log p)`` over the positive eigenvalues ``p`` of ``K / n``, here with the
-cosine kernel ``K = X X^T`` over L2-normalised sentence embeddings (the kernel DiverseEvol's ``eval.py`` uses for
-its Vendi numbers). Greedy: start from a seeded random example (every singleton scores 1), then repeatedly add the
-candidate whose addition gives the highest Vendi score (ties: lowest pool index). Efficient exact evaluation of a
-candidate: with ``X_S^T X_S = U diag(mu) U^T``, the non-zero eigenvalues of ``K_{S+e}`` are those of the
-(r+1)x(r+1) matrix ``diag(mu_r, 0) + w w^T``, ``w = (U_r^T x_e, ||x_e - U_r U_r^T x_e||)``. To keep CPU pools
-tractable each step evaluates a seeded random sample of ``ceil(N/k * ln(1/eps))`` remaining candidates
-(stochastic greedy, Mirzasoleiman et al. 2015, "Lazier Than Lazy Greedy"; ``eps`` default 0.01), or all of them
-when that is as many or ``eps = 0`` (plain greedy). The Vendi paper defines the score, not a selection rule: this
-greedy is the benchmark's own selector.
+``variant: vendi``: greedy maximisation of the Vendi score (Friedman & Dieng 2023, TMLR, arXiv 2210.02410). The
+score follows vertaix/Vendi-Score @c791c30 ``vendi.score_K`` with q = 1: ``exp(-sum p log p)`` over the positive
+eigenvalues ``p`` of ``K / n``, here with the cosine kernel ``K = X X^T`` over L2-normalised sentence embeddings
+(the kernel DiverseEvol's ``eval.py`` uses for its Vendi numbers). Greedy: start from a seeded random example (every
+singleton scores 1), then repeatedly add the candidate whose addition gives the highest Vendi score (ties: lowest
+pool index). Efficient exact evaluation of a candidate: with ``X_S^T X_S = U diag(mu) U^T``, the non-zero
+eigenvalues of ``K_{S+e}`` are those of the (r+1)x(r+1) matrix ``diag(mu_r, 0) + w w^T``, ``w = (U_r^T x_e, ||x_e -
+U_r U_r^T x_e||)``. To keep CPU pools tractable each step evaluates a seeded random sample of ``ceil(N/k *
+ln(1/eps))`` remaining candidates (stochastic greedy, Mirzasoleiman et al. 2015, "Lazier Than Lazy Greedy"; ``eps``
+default 0.01), or all of them when that is as many or ``eps = 0`` (plain greedy). The Vendi paper defines the score,
+not a selection rule: this greedy is the benchmark's own selector.
 
-``mtld``: rank by MTLD lexical diversity of the response, McCarthy & Jarvis 2010, "MTLD, vocd-D, and HD-D: A
-validation study of sophisticated approaches to lexical diversity assessment" (Behavior Research Methods 42(2)),
-as used among InstructMining's indicators (Cao et al. 2023, arXiv 2307.06290). Words are lowercase ``\\w+``
-tokens (apostrophes joined). Forward pass: the running type-token ratio is tracked; when it falls to the
-threshold 0.72 or below a factor is counted and the count restarts; the leftover segment adds the partial factor
-``(1 - TTR) / (1 - 0.72)``; MTLD = words / factors. The reported value is the mean of the forward and backward
-(reversed text) passes. A pass with zero factors (every word unique) has no finite MTLD: we use the word count, a
-lower bound of its factor length. Empty responses score 0. Highest MTLD first; ties: lower pool index.
+``variant: mtld``: rank by MTLD lexical diversity of the response (McCarthy & Jarvis 2010, Behavior Research Methods
+42(2)), as used among InstructMining's indicators (Cao et al. 2023, arXiv 2307.06290). Words are lowercase ``\\w+``
+tokens (apostrophes joined). Forward pass: the running type-token ratio is tracked; when it falls to the threshold
+0.72 or below a factor is counted and the count restarts; the leftover segment adds the partial factor ``(1 - TTR) /
+(1 - 0.72)``; MTLD = words / factors. The reported value is the mean of the forward and backward (reversed text)
+passes. A pass with zero factors (every word unique) has no finite MTLD: we use the word count, a lower bound of its
+factor length. Empty responses score 0. Highest MTLD first; ties: lower pool index.
 """
 
 from __future__ import annotations
@@ -32,7 +30,6 @@ import numpy as np
 
 from harness.registry import register_method
 from harness.select import Selection
-
 
 # ------------------------------------------------------------------------------------------------- Vendi
 def vendi_score(X: np.ndarray) -> float:
@@ -89,13 +86,7 @@ def vendi_greedy(X: np.ndarray, k: int, first: int, rng: np.random.Generator | N
     return picks, traj
 
 
-@register_method("vendi", family="small-model", aspect="diversity",
-                 description="Greedy maximisation of the Vendi score (cosine kernel over sentence embeddings).",
-                 citation="Friedman & Dieng 2023, The Vendi Score (TMLR, arXiv 2210.02410); greedy selector ours",
-                 reference="vertaix/Vendi-Score @c791c30 vendi.score_K (q=1); stochastic greedy "
-                           "(Mirzasoleiman et al. 2015)",
-                 eps=0.01, model_name="all-MiniLM-L6-v2", fields="instruction+input+output")
-def select_vendi(pool, budget, ctx, eps=0.01, model_name="all-MiniLM-L6-v2", fields="instruction+input+output"):
+def select_vendi(pool, budget, ctx, eps, model_name, fields):
     if budget == 0:
         return Selection([])
     X = ctx.signals.sentence_embeddings(pool, model_name=model_name, fields=fields, normalize=True)
@@ -133,14 +124,28 @@ def mtld(text: str, threshold: float = 0.72) -> float:
     return (_mtld_pass(words, threshold) + _mtld_pass(words[::-1], threshold)) / 2.0
 
 
-@register_method("mtld", family="indicator-based", aspect="diversity",
-                 description="Responses with the highest MTLD lexical diversity (threshold 0.72, forward+backward).",
-                 citation="McCarthy & Jarvis 2010, MTLD (Behavior Research Methods 42(2)); an InstructMining "
-                          "indicator (Cao et al. 2023, arXiv 2307.06290)",
-                 reference="paper (McCarthy & Jarvis 2010); no reference selection code",
-                 threshold=0.72)
-def select_mtld(pool, budget, ctx, threshold=0.72):
+def select_mtld(pool, budget, threshold):
     vals = np.array([mtld(e.output, threshold) for e in pool])
     order = np.lexsort((np.arange(len(vals)), -vals))[:budget]
     return Selection([pool.examples[i].id for i in order],
                      scores={e.id: float(v) for e, v in zip(pool.examples, vals)})
+
+
+# ------------------------------------------------------------------------------------------------- the method
+@register_method("diversity", family="small-model", aspect="diversity",
+                 description="Diversity selectors: greedy Vendi-score maximisation over sentence embeddings "
+                             "(variant vendi) or the responses with the highest MTLD lexical diversity (variant mtld).",
+                 citation="Friedman & Dieng 2023, The Vendi Score (TMLR, arXiv 2210.02410); McCarthy & Jarvis 2010, "
+                          "MTLD (Behavior Research Methods 42(2)), an InstructMining indicator (arXiv 2307.06290)",
+                 reference="vendi: vertaix/Vendi-Score @c791c30 vendi.score_K (q=1), stochastic greedy "
+                           "(Mirzasoleiman et al. 2015), greedy selector ours; mtld: paper, no reference "
+                           "selection code",
+                 variant="vendi", eps=0.01, model_name="all-MiniLM-L6-v2", fields="instruction+input+output",
+                 threshold=0.72)
+def select_diversity(pool, budget, ctx, variant="vendi", eps=0.01, model_name="all-MiniLM-L6-v2",
+                     fields="instruction+input+output", threshold=0.72):
+    if variant == "vendi":
+        return select_vendi(pool, budget, ctx, float(eps), model_name, fields)
+    if variant == "mtld":
+        return select_mtld(pool, budget, float(threshold))
+    raise ValueError(f"diversity: params.variant must be 'vendi' or 'mtld', got {variant!r}")

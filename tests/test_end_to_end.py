@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import alpaca_rows
-from harness import pipeline, registry
+from harness import pipeline
 from harness.cache import read_json
 from harness.paths import Workspace
 from harness.tracking import read_offline_run

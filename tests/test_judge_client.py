@@ -118,3 +118,31 @@ def test_concurrency_is_bounded(fake, tmp_path):
     c._request = spy
     c.judge_many([[{"role": "user", "content": f"q{i} [[rating]]"}] for i in range(9)], rating_or_none)
     assert 1 < peak[0] <= 3
+
+
+def test_interrupt_drops_queued_judgments_without_waiting(fake, tmp_path):
+    """Ctrl-C during judge_many returns at once: queued judgments are cancelled, in-flight ones not waited for."""
+    import _thread
+    import threading
+    import time
+
+    c = make_client(fake, tmp_path)
+    release, started = threading.Event(), []
+    orig = c._request
+
+    def slow(messages, *a, **kw):
+        started.append(messages[0]["content"])
+        if messages[0]["content"] == "boom" and started.count("boom") == 1:
+            _thread.interrupt_main()  # Ctrl-C arrives in the main thread while judgments are in flight
+        release.wait(10)
+        return orig(messages, *a, **kw)
+
+    c._request = slow
+    items = [[{"role": "user", "content": "boom"}]] + [[{"role": "user", "content": f"q{i}"}] for i in range(20)]
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        c.judge_many(items, rating_or_none)
+    assert time.perf_counter() - t0 < 5
+    release.set()
+    time.sleep(0.3)
+    assert len(set(started)) <= 3  # only judgments already in flight ran: the queued ones were cancelled

@@ -38,7 +38,7 @@ def setup(fake, tiny_model_dir, data_dir, cache):
     full = ModelUnderTest("tiny/full", str(tiny_model_dir), None, "tiny-full")
     ctx = EvalContext(SimpleNamespace(judge=spec), cache, data_dir, judge_provider=lambda: client,
                       baselines={"full": full, "random": model})  # "random" is the model itself -> skipped
-    return SimpleNamespace(model=model, ctx=ctx, client=client, evaluators=load_evaluators())
+    return SimpleNamespace(model=model, ctx=ctx, client=client, evaluators=load_evaluators(), fake=fake)
 
 
 def test_mt_bench(setup):
@@ -89,3 +89,9 @@ def test_alpaca_eval(setup):
     assert r.details[0]["preference"] is None and all(d["preference"] in (1.0, 2.0) for d in r.details[1:])
     cfg_dir = setup.ctx.cache.root / "alpaca_eval"
     assert any(cfg_dir.rglob("annotations.json"))  # alpaca_eval's cache lives under ours, not site-packages
+    # a second run (e.g. another cell with the same answers) reloads alpaca_eval's annotation cache from disk
+    n_requests = len(setup.fake.requests)
+    again = ev.fn(setup.model, {"reference": "text_davinci_003", "max_instances": 3, "max_new_tokens": 8},
+                  setup.ctx)
+    assert again.metrics["win_rate"].value == r.metrics["win_rate"].value
+    assert len(setup.fake.requests) - n_requests <= 1  # only the unparseable one is asked again

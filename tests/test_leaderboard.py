@@ -38,3 +38,33 @@ def test_leaderboard_means_spread_reference_rows_and_stale_records(tmp_path):
     md = (board / "LEADERBOARD.md").read_text()
     assert h in md and "0.500 ± 0.141" in md and "1 records of other protocol hashes" in md and "oldhash" not in md
     assert build_leaderboard(res, board, "b", protocol)["changed"] == []
+
+
+def test_markdown_shows_headline_metrics_and_judge_errors_csv_keeps_everything(tmp_path):
+    board = tmp_path / "leaderboards" / "b"
+    board.mkdir(parents=True)
+    (board / "protocol.yaml").write_text(yaml.safe_dump({"name": "b", "base_model": {"path": "m"},
+                                                         "pool": {"path": "p.json"}, "budgets": [4],
+                                                         "methods": [{"name": "random"}]}))
+    protocol = load_protocol(board / "protocol.yaml")
+    r = rec(protocol.hash, "ifd", 4, 0, 0.5, 0.0)
+    r["metrics"].update({"mt_bench/score": {"value": 6.5, "stderr": 0.2}, "mt_bench/turn1": {"value": 7.0},
+                         "alpaca_eval/win_rate": {"value": 40.0}, "alpaca_eval/lc_win_rate": {"value": 45.0},
+                         "pairwise/ws_vs_full": {"value": 1.2}, "pairwise/ws_vs_full/koala": {"value": 1.5},
+                         "pairwise/flip_rate_vs_full": {"value": 0.25}})
+    r["evaluation"] = {"lm_eval": {"counts": {}}, "mt_bench": {"counts": {"judgments": 6, "errors": 2}},
+                       "alpaca_eval": {"counts": {"judgments": 4, "errors": 0}},
+                       "pairwise": {"counts": {"judgments": 10, "errors": 3, "vs_full/error": 3}}}
+    atomic_write_json(tmp_path / "results" / "b" / "ifd" / "4" / "seed0.json", r)
+    build_leaderboard(tmp_path / "results", board, "b", protocol)
+    md = (board / "LEADERBOARD.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    for col in ("bench_avg", "arc_easy/acc", "mt_bench/score", "alpaca_eval/win_rate", "alpaca_eval/lc_win_rate",
+                "pairwise/ws_vs_full", "pairwise/flip_rate_vs_full", "judge errors"):
+        assert col in header, col
+    assert "acc_norm" not in header and "turn1" not in header and "koala" not in header
+    row = next(line for line in md.splitlines() if line.startswith("| ifd"))
+    assert "| 5/20 |" in row and "6.500" in row and "1.200" in row
+    csv = (board / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert {"mt_bench/turn1", "pairwise/ws_vs_full/koala", "lm_eval/arc_easy_local/acc_norm", "judge_errors",
+            "judged"} <= set(csv)

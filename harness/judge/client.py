@@ -188,12 +188,12 @@ class JudgeClient:
                 while pending:  # a timed wait keeps Ctrl-C responsive (a bare Future.result() is not)
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     bar.update(len(done))
-            return [f.result() for f in futures]
-        except BaseException:
+            verdicts = [f.result() for f in futures]
+        except BaseException:  # Ctrl-C / SIGTERM: drop queued judgments and don't wait for the ones in flight
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-        finally:
-            pool.shutdown(wait=True)
+        pool.shutdown(wait=True)
+        return verdicts
 
     def close(self) -> None:
         self._closed = True

@@ -85,13 +85,14 @@ def _tally_metrics(tag: str, main: Tally, strict: Tally, metrics: dict, counts: 
         counts[f"vs_{tag}/strict_{k}"] = getattr(strict, k)
 
 
-@register_evaluator("pairwise", needs_judge=True, needs_baselines=("full", "random"))
+@register_evaluator("pairwise", needs_judge=True, needs_baselines=("full", "random"), version="2")
 def pairwise(model, spec, ctx) -> EvalResult:
     s = parse_section(PairwiseSettings, spec, "pairwise")
     prompts = {name: load_set(ctx, name)[: s.per_set] for name in s.sets}
     flat = [(name, q) for name in s.sets for q in prompts[name]]
     dec = Decoding(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=ctx.seed)
-    templates = {"review": review_template()} if s.format == "review" else {"pair-v2": mt_bench_judge_prompts(ctx)["pair-v2"]}
+    templates = {"review": review_template()} if s.format == "review" else \
+        {"pair-v2": mt_bench_judge_prompts(ctx)["pair-v2"]}
     parse = parse_two_scores if s.format == "review" else pair_v2_or_none
 
     metrics, counts, details, info = {}, {}, [], {"format": s.format, "skipped": {}, "sets": s.sets,
@@ -137,6 +138,8 @@ def pairwise(model, spec, ctx) -> EvalResult:
             pooled = (pooled[0].merge(main), pooled[1].merge(strict))
         _tally_metrics(tag, *pooled, metrics, counts)
         info[f"baseline_{tag}"] = {"name": base.name, "identity": base.identity}
-    counts.update({"comparisons": len(details), **ledger.as_counts()})
+    # a comparison (two orders) is one judged item; it is an error when either order has no usable verdict
+    counts.update({"comparisons": len(details), "judgments": len(details),
+                   "errors": sum(1 for d in details if d["errors"]), **ledger.as_counts()})
     info["judge"] = judge.identity
     return EvalResult(metrics, details, counts, info)
