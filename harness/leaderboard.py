@@ -98,10 +98,15 @@ def _fmt(mean: Any, std: Any, seconds: bool = False) -> str:
     return s
 
 
-def headline_columns(columns: list[str]) -> list[str]:
-    """bench_avg, each lm-eval task's headline metric, the judged headlines present."""
+def headline_columns(columns: list[str], protocol=None) -> list[str]:
+    """bench_avg, each lm-eval task's headline metric, and the judged headlines: those of every judged evaluator the
+    protocol configures (shown even when no verdict parsed, so a judge that fails is visible), else those present."""
     present = set(columns)
-    return [c for c in ("bench_avg", *primary_metric_columns(columns), *JUDGED_HEADLINES) if c in present]
+    configured = set()
+    if protocol is not None:
+        configured = {name for name, spec in protocol.evaluation.model_dump().items() if spec is not None}
+    judged = [c for c in JUDGED_HEADLINES if c in present or c.split("/")[0] in configured]
+    return [c for c in ("bench_avg", *primary_metric_columns(columns)) if c in present] + judged
 
 
 def _errors_cell(r) -> str:
@@ -111,7 +116,7 @@ def _errors_cell(r) -> str:
 
 
 def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str]) -> str:
-    metric_cols = headline_columns(list(agg.columns))
+    metric_cols = headline_columns(list(agg.columns), protocol)
     judged = "judged" in agg and agg["judged"].fillna(0).gt(0).any()
     head = ["method", "family", "budget", "seeds", *metric_cols, *(["judge errors"] if judged else []),
             "select s", "train s"]
@@ -132,7 +137,7 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
     for _, r in agg.iterrows():
         cells = [f"**{r['method']}**" if r["method"] in REFERENCE_ROWS else r["method"], r["family"],
                  str(r["budget"]), str(int(r["seeds"]))]
-        cells += [_fmt(r[c], r.get(f"{c}_std")) for c in metric_cols]
+        cells += [_fmt(r.get(c), r.get(f"{c}_std")) for c in metric_cols]
         cells += [_errors_cell(r)] if judged else []
         cells += [_fmt(r["select_s"], r.get("select_s_std"), True), _fmt(r["train_s"], r.get("train_s_std"), True)]
         lines.append("| " + " | ".join(cells) + " |")

@@ -26,7 +26,8 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-def make_workspace(root: Path, tiny_model_dir: Path, methods: list[dict]) -> Workspace:
+def make_workspace(root: Path, tiny_model_dir: Path, methods: list[dict], evaluation: dict | None = None,
+                   judge: dict | None = None) -> Workspace:
     (root / "leaderboards" / "tiny").mkdir(parents=True)
     pool = root / "pool.json"
     pool.write_text(json.dumps(alpaca_rows(60)))
@@ -38,8 +39,9 @@ def make_workspace(root: Path, tiny_model_dir: Path, methods: list[dict]) -> Wor
         "seeds": [0],
         "recipe": {"finetune": "lora", "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                    "lr": 1e-3, "batch_size": 4, "max_seq_len": 96, "epochs": 1},
-        "evaluation": {"lm_eval": {"tasks": ["arc_easy_local", "gsm8k_local"], "limit": 3, "batch_size": 4,
-                                   "max_gen_toks": 8, "bootstrap_iters": 0}},
+        "evaluation": evaluation or {"lm_eval": {"tasks": ["arc_easy_local", "gsm8k_local"], "limit": 3,
+                                                 "batch_size": 4, "max_gen_toks": 8, "bootstrap_iters": 0}},
+        **({"judge": judge} if judge else {}),
         "tracking": {"wandb": {"project": "selbench-test", "mode": "offline"}},
         "methods": methods,
     }
@@ -121,3 +123,83 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     s3 = pipeline.refresh(ws, "tiny", plugins=[str(plugin)])
     assert s3.done == ["longest/8/seed0"] and calls == []
     assert read_json(ws.results / "tiny" / "longest" / "8" / "seed0.json")["selection"]["size"] == 8
+
+
+def test_loss_methods_in_one_board_compute_each_signal_once(tmp_path, tiny_model_dir, monkeypatch):
+    """ifd, superfilter and perplexity in one board: every distinct loss signal is computed once, then reused,
+    and each selection records what it computed and what it reused."""
+    from harness.signals import SignalCache
+
+    ws = make_workspace(tmp_path / "proj", tiny_model_dir,
+                        [{"name": "ifd"}, {"name": "superfilter"}, {"name": "perplexity"},
+                         {"name": "perplexity", "label": "perplexity_top", "params": {"variant": "top"}}])
+    monkeypatch.setenv("SELBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    computed = []
+    orig = SignalCache._compute_pair_losses
+    monkeypatch.setattr(SignalCache, "_compute_pair_losses",
+                        lambda self, h, pairs, truncation, desc, *a, **k: computed.append(desc)
+                        or orig(self, h, pairs, truncation, desc, *a, **k))
+    board = pipeline.Board(ws, "tiny")
+    cost = {}
+    for cell in board.cells():
+        selection, meta = board.select(cell)
+        assert len(selection.ids) == 8
+        cost[cell.row] = meta["signals"]
+    # ifd: losses with and without the instruction (chat template); superfilter: the same pair without a template
+    # (its reference's 'none' prompt); both perplexity rows reuse ifd's conditioned losses.
+    assert len(computed) == 4, computed
+    assert len(cost["ifd"]["computed"]) == 2 and cost["ifd"]["reused"] == []
+    assert len(cost["superfilter"]["computed"]) == 2 and cost["superfilter"]["reused"] == []
+    for row in ("perplexity", "perplexity_top"):
+        assert cost[row]["computed"] == [] and len(cost[row]["reused"]) == 1
+        assert cost[row]["reused"][0] in cost["ifd"]["computed"]
+
+
+@pytest.mark.slow
+def test_judged_refresh_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
+    """A refresh with MT-Bench, AlpacaEval and the pairwise win score against an OpenAI-compatible judge: judged
+    metrics and error counts reach the records, the side files, the leaderboard and the wandb runs."""
+    from fake_judge import FakeJudge
+
+    evaluation = {"mt_bench": {"question_ids": [81, 101], "turns": [1, 2], "max_new_tokens": 6},
+                  "alpaca_eval": {"max_instances": 2, "max_new_tokens": 6},
+                  "pairwise": {"per_set": 1, "max_new_tokens": 6}}
+    monkeypatch.setenv("SELBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "sk-test-not-to-be-stored")
+    with FakeJudge(garbage_if=("Hawaii",)) as fake:  # MT-Bench question 81 is about Hawaii: its verdicts fail
+        judge = {"kind": "openai", "model": "fake-judge", "base_url": fake.base_url, "api_key_env": "FAKE_JUDGE_KEY",
+                 "max_parse_retries": 1}
+        ws = make_workspace(tmp_path / "proj", tiny_model_dir, [{"name": "random"}, {"name": "full"},
+                                                                 {"name": "longest"}], evaluation, judge)
+        s = pipeline.refresh(ws, "tiny")
+        assert not s.failed, s.failed
+    rec = read_json(ws.results / "tiny" / "longest" / "8" / "seed0.json")
+    m = rec["metrics"]
+    assert 1 <= m["mt_bench/score"]["value"] <= 10
+    assert rec["evaluation"]["mt_bench"]["counts"]["errors"] == 2  # both turns of question 81, never a tie
+    assert rec["evaluation"]["mt_bench"]["counts"]["judge/parse_retries"] == 2
+    # the fake judge always answers [[2]]; alpaca_eval shows each pair in its own seeded random order
+    assert m["alpaca_eval/win_rate"]["value"] in (0.0, 50.0, 100.0)
+    assert rec["evaluation"]["alpaca_eval"]["counts"]["annotated"] == 2
+    assert rec["evaluation"]["alpaca_eval"]["info"]["lc_method"] == "length_logistic_fallback"
+    # the fake judge always prefers the answer shown first: each pair wins once and loses once -> tie, a flip
+    for ref in ("full", "random"):
+        assert m[f"pairwise/ws_vs_{ref}"]["value"] == 1.0 and m[f"pairwise/flip_rate_vs_{ref}"]["value"] == 1.0
+        assert rec["evaluation"]["pairwise"]["counts"][f"vs_{ref}/tie"] == 5
+    rand = read_json(ws.results / "tiny" / "random" / "8" / "seed0.json")
+    assert "pairwise/ws_vs_full" in rand["metrics"] and "pairwise/ws_vs_random" not in rand["metrics"]
+    assert (ws.results / "tiny" / "longest" / "8" / "seed0.pairwise.jsonl").is_file()
+
+    md = (ws.leaderboards / "tiny" / "LEADERBOARD.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    for col in ("mt_bench/score", "alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "pairwise/ws_vs_full",
+                "pairwise/ws_vs_random", "pairwise/flip_rate_vs_full", "judge errors"):
+        assert col in header
+    longest = next(line for line in md.splitlines() if line.startswith("| longest"))
+    assert "| 2/16 |" in longest  # 2 MT-Bench errors of 4 + 2 + 10 judged items (4 turns, 2 AE, 2x5 pairwise)
+
+    run = read_offline_run(ws.root / rec["wandb"]["dir"])
+    assert run["summary"]["pairwise/ws_vs_full"] == 1.0 and "mt_bench/score" in run["summary"]
+    everything = "".join(p.read_text(errors="replace") for d in (ws.results, ws.root / ".cache", tmp_path / "cache")
+                         for p in d.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml", ".wandb"))
+    assert "sk-test-not-to-be-stored" not in everything

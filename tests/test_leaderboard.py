@@ -13,13 +13,17 @@ def rec(h, row, budget, seed, acc, gsm):
             "timings": {"select_s": 1.0, "train_s": 10.0 + seed}}
 
 
-def test_leaderboard_means_spread_reference_rows_and_stale_records(tmp_path):
+def make_board(tmp_path, **extra):
     board = tmp_path / "leaderboards" / "b"
     board.mkdir(parents=True)
     (board / "protocol.yaml").write_text(yaml.safe_dump({"name": "b", "base_model": {"path": "m"},
                                                          "pool": {"path": "p.json"}, "budgets": [4],
-                                                         "methods": [{"name": "random"}]}))
-    protocol = load_protocol(board / "protocol.yaml")
+                                                         "methods": [{"name": "random"}], **extra}))
+    return board, load_protocol(board / "protocol.yaml")
+
+
+def test_leaderboard_means_spread_reference_rows_and_stale_records(tmp_path):
+    board, protocol = make_board(tmp_path)
     h, res = protocol.hash, tmp_path / "results"
     atomic_write_json(res / "b" / "base" / "seed0.json", rec(h, "base", None, 0, 0.2, 0.0))
     atomic_write_json(res / "b" / "random" / "4" / "seed0.json", rec(h, "random", 4, 0, 0.4, 0.0))
@@ -41,12 +45,7 @@ def test_leaderboard_means_spread_reference_rows_and_stale_records(tmp_path):
 
 
 def test_markdown_shows_headline_metrics_and_judge_errors_csv_keeps_everything(tmp_path):
-    board = tmp_path / "leaderboards" / "b"
-    board.mkdir(parents=True)
-    (board / "protocol.yaml").write_text(yaml.safe_dump({"name": "b", "base_model": {"path": "m"},
-                                                         "pool": {"path": "p.json"}, "budgets": [4],
-                                                         "methods": [{"name": "random"}]}))
-    protocol = load_protocol(board / "protocol.yaml")
+    board, protocol = make_board(tmp_path)
     r = rec(protocol.hash, "ifd", 4, 0, 0.5, 0.0)
     r["metrics"].update({"mt_bench/score": {"value": 6.5, "stderr": 0.2}, "mt_bench/turn1": {"value": 7.0},
                          "alpaca_eval/win_rate": {"value": 40.0}, "alpaca_eval/lc_win_rate": {"value": 45.0},
@@ -68,3 +67,16 @@ def test_markdown_shows_headline_metrics_and_judge_errors_csv_keeps_everything(t
     csv = (board / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert {"mt_bench/turn1", "pairwise/ws_vs_full/koala", "lm_eval/arc_easy_local/acc_norm", "judge_errors",
             "judged"} <= set(csv)
+
+
+def test_configured_judged_columns_show_even_when_no_verdict_parsed(tmp_path):
+    board, protocol = make_board(tmp_path, evaluation={"mt_bench": {"turns": [1]}})
+    r = rec(protocol.hash, "random", 4, 0, 0.5, 0.0)
+    r["evaluation"] = {"mt_bench": {"counts": {"judgments": 6, "errors": 6}}}  # a judge that never parsed
+    atomic_write_json(tmp_path / "results" / "b" / "random" / "4" / "seed0.json", r)
+    build_leaderboard(tmp_path / "results", board, "b", protocol)
+    md = (board / "LEADERBOARD.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "mt_bench/score" in header and "alpaca_eval" not in header
+    row = next(line for line in md.splitlines() if line.startswith("| **random**"))
+    assert "| 6/6 |" in row and "| – |" in row
