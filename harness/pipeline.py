@@ -26,7 +26,7 @@ from .paths import Workspace
 from .protocol import Protocol, load_protocol
 from .record import BASE_ROW, is_current, package_versions, record_path, write_record
 from .select import SelectionContext, cached_selection, selection_key
-from .tracking import log_cell
+from .tracking import details_table, log_cell
 from .train import finetune
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,8 @@ class Board:
                              "wall_s": result.info.get("wall_s", round(time.perf_counter() - t0, 2))}
             details[name] = result.details
             tables.update({f"{name}/{k}": v for k, v in result.tables.items()})
+            if ev.needs_judge and result.details:
+                tables[f"{name}/judgments"] = details_table(result.details)
         return metrics, summary, details, tables
 
     # -- cells --------------------------------------------------------------------------------------------------

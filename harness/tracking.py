@@ -27,6 +27,16 @@ def _scrub(obj: Any) -> Any:
     return obj
 
 
+def details_table(details: list[dict[str, Any]]):
+    """Per-example rows (e.g. judge verdicts) as a DataFrame wandb can log: nested values become JSON text."""
+    import pandas as pd
+
+    def cell(v):
+        return v if v is None or isinstance(v, (str, int, float, bool)) else json.dumps(v, default=str)
+
+    return pd.DataFrame([{k: cell(v) for k, v in row.items()} for row in details])
+
+
 def log_cell(*, protocol, run_name: str, group: str, job_type: str, wandb_dir: Path, record: dict[str, Any],
              selected: list[dict[str, Any]] | None = None, tables: dict[str, Any] | None = None,
              loss_curve: list[dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -200,6 +200,9 @@ def test_judged_refresh_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
 
     run = read_offline_run(ws.root / rec["wandb"]["dir"])
     assert run["summary"]["pairwise/ws_vs_full"] == 1.0 and "mt_bench/score" in run["summary"]
+    for name, rows in (("mt_bench", 4), ("alpaca_eval", 2), ("pairwise", 10)):  # the judgments, as wandb tables
+        assert run["summary"][f"{name}/judgments/_type"] == "table-file"
+        assert run["summary"][f"{name}/judgments/nrows"] == rows
     everything = "".join(p.read_text(errors="replace") for d in (ws.results, ws.root / ".cache", tmp_path / "cache")
                          for p in d.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml", ".wandb"))
     assert "sk-test-not-to-be-stored" not in everything
