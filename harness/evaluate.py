@@ -8,6 +8,7 @@ LLM-judged suites (MT-Bench, AlpacaEval, pairwise win score) in :mod:`harness.ju
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -119,6 +120,8 @@ def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
     hit = ctx.cache.get_json(f"eval/{evaluator.name}", key)
     if hit is not None:
         return EvalResult.from_json(hit), True
+    t0 = time.perf_counter()
     result = evaluator.fn(model, spec, ctx)
+    result.info.setdefault("wall_s", round(time.perf_counter() - t0, 2))  # kept with the cached result
     ctx.cache.put_json(f"eval/{evaluator.name}", key, result.to_json())
     return result, False

@@ -128,11 +128,7 @@ class Board:
                             self.protocol.recipe.chat_template)
         ctx = SelectionContext(seed=cell.seed, cache=self.cache, base_model=self.base_handle,
                                signals=_LazySignals(self.new_signals), judge=_LazyJudge(self), protocol=self.protocol)
-        cpu0 = time.process_time()
         selection, meta = cached_selection(spec, self.pool, cell.budget, ctx, entry.params, key)
-        if not meta["cached"]:
-            meta["cpu_s"] = round(time.process_time() - cpu0, 2)
-            meta["signals"] = ctx.signals.report() if ctx.signals.used else {"computed": [], "reused": []}
         return selection, {**meta, "key": key}
 
     def train(self, selection, seed: int) -> tuple[ModelUnderTest, dict[str, Any]]:
@@ -222,7 +218,7 @@ class Board:
             "budget": cell.budget, "seed": cell.seed,
             "pool": {"hash": self.pool.hash, "size": len(self.pool), "source": self.pool.report.get("source")},
             "selection": {"hash": selection.hash, "size": len(selection.ids), "notes": selection.notes,
-                          "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "signals")}},
+                          "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "device", "signals", "cached")}},
             "training": {k: v for k, v in train_report.items() if k != "loss_curve"},
             "metrics": metrics, "evaluation": eval_summary,
             "timings": {"select_s": sel_meta.get("wall_s"), "train_s": train_report.get("wall_s"),

@@ -180,7 +180,7 @@ class Protocol(_Strict):
         return v
 
     def fixed_part(self) -> dict[str, Any]:
-        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge"}),
+        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description"}),
                 "judge": self.judge.identity()}
 
     @property

@@ -104,6 +104,13 @@ def selection_key(pool: Pool, spec: MethodSpec, params: dict[str, Any], budget: 
                         "seed": seed, "base_model": base_identity, "chat_template": recipe_template})
 
 
+def signal_report(signals) -> dict[str, list[str]]:
+    """The signals a selection computed and reused (nothing when it never touched the signal cache)."""
+    if signals is None or not getattr(signals, "used", True):
+        return {"computed": [], "reused": []}
+    return signals.report()
+
+
 def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionContext, params: dict[str, Any],
                      key: str) -> tuple[Selection, dict[str, Any]]:
     """Run the method unless a selection for the same inputs is cached; returns the selection and its metadata."""
@@ -111,8 +118,12 @@ def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionCo
     if hit is not None:
         sel = Selection(hit["ids"], hit.get("scores"), hit.get("notes", []), hit.get("extras", {}))
         return sel, {**hit["meta"], "cached": True}
+    cpu0 = time.process_time()
     sel, wall = run_selection(spec, pool, budget, ctx, params)
-    meta = {"wall_s": round(wall, 3), "stats": ctx.stats}
+    # The cost is stored with the selection, so a record rebuilt from the cache still reports what it cost.
+    meta = {"wall_s": round(wall, 3), "cpu_s": round(time.process_time() - cpu0, 2),
+            "device": str(getattr(ctx.base_model, "device", "cpu")), "signals": signal_report(ctx.signals),
+            "stats": ctx.stats}
     ctx.cache.put_json("selections", key, {"ids": sel.ids, "scores": sel.scores, "notes": sel.notes,
                                            "extras": sel.extras, "meta": meta})
     return sel, {**meta, "cached": False}

@@ -153,6 +153,10 @@ def test_loss_methods_in_one_board_compute_each_signal_once(tmp_path, tiny_model
     for row in ("perplexity", "perplexity_top"):
         assert cost[row]["computed"] == [] and len(cost[row]["reused"]) == 1
         assert cost[row]["reused"][0] in cost["ifd"]["computed"]
+    # a selection served from the cache still reports what it cost when it was computed
+    cell = next(c for c in board.cells() if c.row == "ifd")
+    _, meta = board.select(cell)
+    assert meta["cached"] and meta["signals"] == cost["ifd"] and meta["cpu_s"] > 0 and len(computed) == 4
 
 
 @pytest.mark.slow

@@ -15,10 +15,10 @@ def write(tmp_path, obj):
     return p
 
 
-def test_valid_protocol_and_hash_ignores_methods_and_tracking(tmp_path):
+def test_valid_protocol_and_hash_ignores_methods_tracking_and_description(tmp_path):
     p1 = load_protocol(write(tmp_path, GOOD))
     assert p1.resolve_budget(0.5, 30) == 15 and p1.resolve_budget(10, 30) == 10
-    other = {**GOOD, "methods": [{"name": "longest"}], "tracking": {"wandb": {"project": "x"}}}
+    other = {**GOOD, "methods": [{"name": "longest"}], "tracking": {"wandb": {"project": "x"}}, "description": "d"}
     assert load_protocol(write(tmp_path, other)).hash == p1.hash
     changed = {**GOOD, "recipe": {"lr": 1e-5}}
     assert load_protocol(write(tmp_path, changed)).hash != p1.hash
