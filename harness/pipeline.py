@@ -100,13 +100,19 @@ class Board:
         spec = registry.get_method(entry.name)
         return {"protocol": self.protocol.hash, "row": cell.row, "method": entry.name, "version": spec.version,
                 "source": spec.source_hash, "params": {**spec.defaults, **entry.params}, "budget": cell.budget,
-                "seed": cell.seed}
+                "seed": cell.seed, "evaluators": self.evaluator_versions}
 
     def cell_path(self, cell: Cell):
         return record_path(self.ws.results, self.name, cell.row, cell.budget, cell.seed)
 
     def base_inputs(self) -> dict[str, Any]:
-        return {"protocol": self.protocol.hash, "row": BASE_ROW}
+        return {"protocol": self.protocol.hash, "row": BASE_ROW, "evaluators": self.evaluator_versions}
+
+    @cached_property
+    def evaluator_versions(self) -> dict[str, str]:
+        """A new evaluator version makes every record stale (its own cached results then miss; the others hit)."""
+        known = load_evaluators()
+        return {name: known[name].version for name in configured_evaluators(self.protocol) if name in known}
 
     # -- judge lifecycle: started on first use, stopped when the board closes -------------------------------
     def judge(self):

@@ -177,8 +177,20 @@ def test_judged_refresh_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
                                                                  {"name": "longest"}], evaluation, judge)
         s = pipeline.refresh(ws, "tiny")
         assert not s.failed, s.failed
+        # A new version of one evaluator makes every record stale; only that evaluator runs again, and its
+        # judgments come from the per-judgment cache.
+        import dataclasses
+
+        from harness import evaluate
+
+        n_requests = len(fake.requests)
+        monkeypatch.setitem(evaluate.EVALUATORS, "mt_bench",
+                            dataclasses.replace(evaluate.EVALUATORS["mt_bench"], version="test-bump"))
+        s2 = pipeline.refresh(ws, "tiny")
+        assert sorted(s2.done) == sorted(s.done) and len(fake.requests) == n_requests
     rec = read_json(ws.results / "tiny" / "longest" / "8" / "seed0.json")
     m = rec["metrics"]
+    assert not rec["evaluation"]["mt_bench"]["cached"] and rec["evaluation"]["pairwise"]["cached"]
     assert 1 <= m["mt_bench/score"]["value"] <= 10
     assert rec["evaluation"]["mt_bench"]["counts"]["errors"] == 2  # both turns of question 81, never a tie
     assert rec["evaluation"]["mt_bench"]["counts"]["judge/parse_retries"] == 2

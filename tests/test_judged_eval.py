@@ -87,6 +87,7 @@ def test_alpaca_eval(setup):
     assert not math.isnan(r.metrics["lc_win_rate"].value)
     assert r.info["lc_method"] == "length_logistic_fallback"
     assert r.details[0]["preference"] is None and all(d["preference"] in (1.0, 2.0) for d in r.details[1:])
+    assert all("[[2]]" in d["judgment"] for d in r.details[1:])  # the judge's own text is kept per example
     cfg_dir = setup.ctx.cache.root / "alpaca_eval"
     assert any(cfg_dir.rglob("annotations.json"))  # alpaca_eval's cache lives under ours, not site-packages
     # a second run (e.g. another cell with the same answers) reloads alpaca_eval's annotation cache from disk

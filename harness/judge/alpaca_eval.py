@@ -135,7 +135,7 @@ def _float_preference_annotator():
     return FloatPreferenceAnnotator
 
 
-@register_evaluator("alpaca_eval", needs_judge=True, version="2")
+@register_evaluator("alpaca_eval", needs_judge=True, version="3")
 def alpaca_eval(model, spec, ctx) -> EvalResult:
     import pandas as pd
     from alpaca_eval.metrics import get_winrate
@@ -171,7 +171,7 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
         a = by_instr.get(r["instruction"], {})
         details.append({"instruction": r["instruction"], "dataset": r.get("dataset"), "output": o["output"],
                         "reference_output": r["output"], "preference": _num(a.get("preference")),
-                        "judgment": a.get(f"{name}_raw_completion") or a.get("raw_completion")})
+                        "judgment": a.get(annotator.completion_key)})
     counts = {"instructions": len(refs), "judgments": len(refs), "annotated": len(ok), "errors": n_err,
               "parse_errors": n_err,
               "model_wins": int((ok["preference"] > 1.5).sum()), "reference_wins": int((ok["preference"] < 1.5).sum()),
