@@ -90,6 +90,11 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
+def read_jsonl(path: str | Path) -> list[Any]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield a scratch directory that becomes ``final`` only if the block finishes without error."""

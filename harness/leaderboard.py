@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .cache import write_if_changed
+from .evaluate import configured_evaluators
 from .record import BASE_ROW, iter_records
 
 REFERENCE_ROWS = (BASE_ROW, "full", "random")
@@ -102,9 +103,7 @@ def headline_columns(columns: list[str], protocol=None) -> list[str]:
     """bench_avg, each lm-eval task's headline metric, and the judged headlines: those of every judged evaluator the
     protocol configures (shown even when no verdict parsed, so a judge that fails is visible), else those present."""
     present = set(columns)
-    configured = set()
-    if protocol is not None:
-        configured = {name for name, spec in protocol.evaluation.model_dump().items() if spec is not None}
+    configured = set(configured_evaluators(protocol)) if protocol is not None else set()
     judged = [c for c in JUDGED_HEADLINES if c in present or c.split("/")[0] in configured]
     return [c for c in ("bench_avg", *primary_metric_columns(columns)) if c in present] + judged
 

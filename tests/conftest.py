@@ -26,14 +26,10 @@ def offline_env(tmp_path_factory):
     }
     if "SELBENCH_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
         env["SELBENCH_DATA_DIR"] = str(REPO.parent / "shared" / "data")
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield
 
 
 @pytest.fixture(scope="session")

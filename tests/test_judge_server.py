@@ -24,6 +24,13 @@ def port_free(port: int) -> bool:
             return False
 
 
+def port_freed(port: int, wait_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + wait_s
+    while not port_free(port) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return port_free(port)
+
+
 def _port(client) -> int:
     return int(client.base_url.rsplit(":", 1)[1].split("/")[0])
 
@@ -44,11 +51,7 @@ def test_local_server_lifecycle(spec, tmp_path):
         assert judge.ledger.calls == 1 and judge.ledger.completion_tokens > 0
         assert judge.identity["kind"] == "local" and judge.identity["weights"].startswith("dir:")
     assert started < 60, f"transformers serve took {started:.0f}s to become healthy"
-    for _ in range(20):
-        if port_free(proc_port):
-            break
-        time.sleep(0.25)
-    assert port_free(proc_port) and not server._RUNNING
+    assert port_freed(proc_port) and not server._RUNNING
 
 
 def test_local_server_stopped_after_interrupt(spec, tmp_path):
@@ -56,8 +59,4 @@ def test_local_server_stopped_after_interrupt(spec, tmp_path):
         with open_judge(spec, ArtifactCache(tmp_path / "cache")) as judge:
             proc_port = _port(judge)
             raise KeyboardInterrupt
-    for _ in range(20):
-        if port_free(proc_port):
-            break
-        time.sleep(0.25)
-    assert port_free(proc_port) and not server._RUNNING
+    assert port_freed(proc_port) and not server._RUNNING

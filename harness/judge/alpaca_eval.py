@@ -10,6 +10,7 @@ Unparseable verdicts are dropped by alpaca_eval and counted here as errors (no r
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -119,6 +120,7 @@ def lc_fallback(prefs: list[float], len_model: list[int], len_ref: list[int], n_
     return value, float(np.std(boots, ddof=1))
 
 
+@functools.cache
 def _float_preference_annotator():
     from alpaca_eval.annotators import PairwiseAnnotator
 

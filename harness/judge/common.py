@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-
+from ..cache import read_jsonl
 from ..paths import data_dir as default_data_dir
 from ..protocol import describe_validation_error
 
@@ -33,11 +32,6 @@ def open_ended_dir(ctx) -> Path:
         raise FileNotFoundError(f"open-ended evaluation data not found under {root}/open_ended "
                                 f"(set SELBENCH_DATA_DIR)")
     return Path(root) / "open_ended"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def mt_bench_judge_prompts(ctx) -> dict[str, dict[str, Any]]:

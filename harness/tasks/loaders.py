@@ -13,6 +13,7 @@ from pathlib import Path
 
 import datasets
 
+from harness.cache import read_jsonl
 from harness.paths import data_dir
 
 
@@ -26,11 +27,6 @@ def _path(rel: str) -> Path:
     return p
 
 
-def _jsonl(p: Path) -> list[dict]:
-    with open(p, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _shuffled(rows: list[dict], seed: int | None) -> list[dict]:
     # Subject- or source-sorted files would make `limit` take one subject only; a fixed shuffle keeps the
     # limited subset representative and identical across runs.
@@ -40,13 +36,13 @@ def _shuffled(rows: list[dict], seed: int | None) -> list[dict]:
 
 
 def jsonl_task(file: str, shuffle_seed: int | None = None, **_) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(_shuffled(_jsonl(_path(file)), shuffle_seed))})
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(_shuffled(read_jsonl(_path(file)), shuffle_seed))})
 
 
 def gsm8k(file: str, fewshot_file: str | None = None, **_) -> datasets.DatasetDict:
-    splits = {"test": datasets.Dataset.from_list(_jsonl(_path(file)))}
+    splits = {"test": datasets.Dataset.from_list(read_jsonl(_path(file)))}
     if fewshot_file:
-        splits["train"] = datasets.Dataset.from_list(_jsonl(_path(fewshot_file)))
+        splits["train"] = datasets.Dataset.from_list(read_jsonl(_path(fewshot_file)))
     return datasets.DatasetDict(splits)
 
 
