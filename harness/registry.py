@@ -1,7 +1,7 @@
 """The method registry: ``@register_method`` in ``methods/``, entry points, and plugin files.
 
 A selection method is a function ``fn(pool, budget, ctx, **params)`` returning either a list of example IDs or a
-:class:`harness.select.Selection`. Third-party packages expose methods through the entry-point group
+:class:`selbench.select.Selection`. Third-party packages expose methods through the entry-point group
 ``selbench.methods``; a single file is loaded with ``--plugin path/to/file.py``.
 """
 
@@ -83,7 +83,7 @@ def register_method(name: str, *, family: str, aspect: str, description: str, ci
 
 
 def load_builtin_methods() -> None:
-    import methods as pkg
+    from selbench import methods as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if not mod.name.startswith("_"):

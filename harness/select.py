@@ -48,7 +48,7 @@ class SelectionContext:
 
     seed: int
     cache: ArtifactCache
-    base_model: Any = None  # harness.models.BaseModelHandle
+    base_model: Any = None  # selbench.models.BaseModelHandle
     signals: Any = None  # shared per-example signal cache (losses, embeddings, ...)
     judge: Any = None  # LLM judge client, when the protocol has one
     protocol: Any = None

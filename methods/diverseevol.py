@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.cache import stable_hash
-from harness.models import BaseModelHandle, ResolvedModel
-from harness.registry import register_method
-from harness.select import Selection
-from methods.kcenter import kcenter_greedy
+from selbench.cache import stable_hash
+from selbench.models import BaseModelHandle, ResolvedModel
+from selbench.registry import register_method
+from selbench.select import Selection
+from selbench.methods.kcenter import kcenter_greedy
 
 
 def round_sizes(budget: int, rounds: int) -> list[int]:
@@ -45,7 +45,7 @@ def round_sizes(budget: int, rounds: int) -> list[int]:
 def _recipe(ctx):
     recipe = getattr(ctx.protocol, "recipe", None)
     if recipe is None:
-        from harness.protocol import RecipeSpec
+        from selbench.protocol import RecipeSpec
 
         recipe = RecipeSpec()
     return recipe
@@ -53,7 +53,7 @@ def _recipe(ctx):
 
 def _train_round(ctx, pool, ids: list[str], recipe) -> BaseModelHandle:
     """Fine-tune the base model on ``ids`` (cached) and return a handle to the result."""
-    from harness.train import finetune
+    from selbench.train import finetune
 
     base = ctx.base_model
     key = stable_hash({"method": "diverseevol", "base": base.identity, "dtype": base.dtype,

@@ -28,8 +28,8 @@ import re
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 # ------------------------------------------------------------------------------------------------- Vendi
 def vendi_score(X: np.ndarray) -> float:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 
 def graphcut_bin(E: np.ndarray, size: int, lam: float = 1.0) -> list[int]:

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.paths import data_dir
-from harness.registry import register_method
-from harness.select import Selection
-from harness.signals import example_texts
+from selbench.paths import data_dir
+from selbench.registry import register_method
+from selbench.select import Selection
+from selbench.signals import example_texts
 
 DEFAULT_TARGETS = ("open_ended/vicuna80/question.jsonl", "open_ended/koala/koala_test_set.jsonl",
                    "open_ended/wizardlm/WizardLM_testset.jsonl",

@@ -1,6 +1,6 @@
 """The whole pool: the upper reference for what selection can save."""
 
-from harness.registry import register_method
+from selbench.registry import register_method
 
 
 @register_method("full", family="baseline", aspect="reference", full_pool=True,

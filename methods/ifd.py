@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 
 def select_by_ifd(pool, budget: int, ifd: np.ndarray, threshold: float, *, strict_keep: bool = True,

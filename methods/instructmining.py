@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 INTERCEPT, W_REW, W_LEN, W_KNN = 1.0694, -0.1498, 8.257e-5, -0.9350
 SUBSTITUTES = ("neg_ppl_z", "neg_loss_z", "none")

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 
 def _dist_to(X: np.ndarray, c: np.ndarray) -> np.ndarray:

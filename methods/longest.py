@@ -6,8 +6,8 @@ The paper keeps the 1,000 examples with the longest responses in tokens; its rep
 tokens of the response under the base model's tokenizer, ties broken by pool order.
 """
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 
 @register_method("longest", family="indicator-based", aspect="quality",

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
-from harness.signals import conversation_pair
+from selbench.registry import register_method
+from selbench.select import Selection
+from selbench.signals import conversation_pair
 
 
 def nearest_to_centroids(emb: np.ndarray, n: int, seed: int) -> list[int]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 VARIANTS = ("top", "middle", "bottom")
 

@@ -24,9 +24,9 @@ import hashlib
 
 import numpy as np
 
-from harness.formatting import prompt_and_response_ids
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.formatting import prompt_and_response_ids
+from selbench.registry import register_method
+from selbench.select import Selection
 
 
 def perturb(text: str, rng: np.random.Generator, drop_prob: float) -> str:

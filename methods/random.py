@@ -4,8 +4,8 @@ Seeded with the cell's seed (``numpy.random.default_rng``), so the same seed giv
 such as DiverseEvol's ``RandomSampling`` and DQ's ``random_sample`` do the same thing unseeded.
 """
 
-from harness.registry import register_method
-from harness.select import Selection
+from selbench.registry import register_method
+from selbench.select import Selection
 
 
 @register_method("random", family="baseline", aspect="reference",

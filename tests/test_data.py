@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from harness.data import PoolError, load_pool, normalise_row
-from harness.protocol import PoolSpec
+from selbench.data import PoolError, load_pool, normalise_row
+from selbench.protocol import PoolSpec
 
 
 def test_formats_normalise_to_one_record():

@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 from conftest import alpaca_rows
-from harness import pipeline
-from harness.cache import read_json
-from harness.paths import Workspace
-from harness.tracking import read_offline_run
+from selbench import pipeline
+from selbench.cache import read_json
+from selbench.paths import Workspace
+from selbench.tracking import read_offline_run
 
 PLUGIN = textwrap.dedent('''
     """A third-party method living outside the repository."""
-    from harness.registry import register_method
+    from selbench.registry import register_method
 
     @register_method("first_n_plugin", family="indicator-based", aspect="quality",
                      description="The first N examples of the pool.", citation="test plugin")
@@ -105,7 +105,7 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     # The CLI: one cell (already current) and the leaderboard from results/ alone, both changing nothing.
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from selbench.cli import app
 
     r = CliRunner().invoke(app, ["run", "--board", "tiny", "--method", "random", "--budget", "8", "--seed", "0",
                                  "--root", str(ws.root), "--plugin", str(plugin)])
@@ -118,7 +118,7 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     (ws.results / "tiny" / "longest" / "8" / "seed0.json").unlink()
     calls = []
     monkeypatch.setattr(pipeline, "finetune", lambda *a, **k: calls.append("train"))
-    from harness import lm_eval_runner
+    from selbench import lm_eval_runner
     monkeypatch.setattr(lm_eval_runner, "run_lm_eval", lambda *a, **k: calls.append("eval"))
     s3 = pipeline.refresh(ws, "tiny", plugins=[str(plugin)])
     assert s3.done == ["longest/8/seed0"] and calls == []
@@ -128,7 +128,7 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
 def test_loss_methods_in_one_board_compute_each_signal_once(tmp_path, tiny_model_dir, monkeypatch):
     """ifd, superfilter and perplexity in one board: every distinct loss signal is computed once, then reused,
     and each selection records what it computed and what it reused."""
-    from harness.signals import SignalCache
+    from selbench.signals import SignalCache
 
     ws = make_workspace(tmp_path / "proj", tiny_model_dir,
                         [{"name": "ifd"}, {"name": "superfilter"}, {"name": "perplexity"},
@@ -181,7 +181,7 @@ def test_judged_refresh_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
         # judgments come from the per-judgment cache.
         import dataclasses
 
-        from harness import evaluate
+        from selbench import evaluate
 
         n_requests = len(fake.requests)
         monkeypatch.setitem(evaluate.EVALUATORS, "mt_bench",

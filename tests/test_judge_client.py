@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cache import ArtifactCache
-from harness.judge.client import JudgeClient, Ledger
-from harness.judge.verdicts import rating_or_none
-from harness.protocol import JudgeSpec
+from selbench.cache import ArtifactCache
+from selbench.judge.client import JudgeClient, Ledger
+from selbench.judge.verdicts import rating_or_none
+from selbench.protocol import JudgeSpec
 
 from fake_judge import FakeJudge
 

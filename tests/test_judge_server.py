@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from harness.cache import ArtifactCache
-from harness.judge import server
-from harness.judge.server import open_judge
-from harness.protocol import JudgeSpec
+from selbench.cache import ArtifactCache
+from selbench.judge import server
+from selbench.judge.server import open_judge
+from selbench.protocol import JudgeSpec
 
 
 def port_free(port: int) -> bool:

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.cache import ArtifactCache
-from harness.evaluate import EvalContext, ModelUnderTest, evaluate_cached, load_evaluators
-from harness.judge.client import JudgeClient
-from harness.protocol import JudgeSpec
+from selbench.cache import ArtifactCache
+from selbench.evaluate import EvalContext, ModelUnderTest, evaluate_cached, load_evaluators
+from selbench.judge.client import JudgeClient
+from selbench.protocol import JudgeSpec
 
 from fake_judge import FakeJudge
 

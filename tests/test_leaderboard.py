@@ -1,8 +1,8 @@
 import yaml
 
-from harness.cache import atomic_write_json
-from harness.leaderboard import build_leaderboard
-from harness.protocol import load_protocol
+from selbench.cache import atomic_write_json
+from selbench.leaderboard import build_leaderboard
+from selbench.protocol import load_protocol
 
 
 def rec(h, row, budget, seed, acc, gsm):

@@ -13,16 +13,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness.cache import ArtifactCache
-from harness.data import Pool, normalise_row
-from harness.models import BaseModelHandle, ResolvedModel
-from harness.registry import get_method
-from harness.select import SelectionContext, check_contract, run_selection
-import methods.diverseevol  # noqa: F401  (registers the method)
-from methods.diversity import mtld, vendi_greedy, vendi_score
-from methods.dq import dq_bins
-from methods.dsir import DEFAULT_TARGETS, dsir_log_weights, ngram_counts, read_target_texts
-from methods.kcenter import coverage_radius, kcenter_greedy
+from selbench.cache import ArtifactCache
+from selbench.data import Pool, normalise_row
+from selbench.models import BaseModelHandle, ResolvedModel
+from selbench.registry import get_method
+from selbench.select import SelectionContext, check_contract, run_selection
+import selbench.methods.diverseevol  # noqa: F401  (registers the method)
+from selbench.methods.diversity import mtld, vendi_greedy, vendi_score
+from selbench.methods.dq import dq_bins
+from selbench.methods.dsir import DEFAULT_TARGETS, dsir_log_weights, ngram_counts, read_target_texts
+from selbench.methods.kcenter import coverage_radius, kcenter_greedy
 from tests.conftest import alpaca_rows
 
 
@@ -208,8 +208,8 @@ def test_mtld_values_and_ranking(tmp_path):
 
 # --------------------------------------------------------------------------------------------- DiverseEvol
 def test_diverseevol_two_rounds_on_tiny_model(tmp_path, tiny_model_dir):
-    from harness.protocol import RecipeSpec
-    from harness.signals import SignalCache
+    from selbench.protocol import RecipeSpec
+    from selbench.signals import SignalCache
 
     pool = make_pool(alpaca_rows(16))
     cache = ArtifactCache(tmp_path / "cache")

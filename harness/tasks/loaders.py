@@ -13,8 +13,8 @@ from pathlib import Path
 
 import datasets
 
-from harness.cache import read_jsonl
-from harness.paths import data_dir
+from selbench.cache import read_jsonl
+from selbench.paths import data_dir
 
 
 def _path(rel: str) -> Path:
