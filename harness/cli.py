@@ -29,6 +29,61 @@ def _setup(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def print_leaderboard(board: str, out: dict, ws: Workspace, protocol) -> None:
+    """The board in the terminal: headline metrics with their intervals and marks, the noise floor, the files."""
+    from .leaderboard import headline_columns
+
+    t = out["table"]
+    if t.empty:
+        return
+    metrics = [m for m in headline_columns(list(t.columns), protocol) if f"{m}:ci_low" in t][:4]
+    table = Table("method", "budget", "seeds", *metrics, title=f"{board} (95% intervals; Δr vs random)")
+    for _, r in t.iterrows():
+        cells = []
+        for m in metrics:
+            v, lo, hi = r.get(m), r.get(f"{m}:ci_low"), r.get(f"{m}:ci_high")
+            cell = "–" if v != v or v is None else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+            d, dlo, dhi = (r.get(f"{m}:vs_random{k}") for k in ("", ":ci_low", ":ci_high"))
+            if d is not None and d == d and dlo == dlo:
+                cell += f"\nΔr {d:+.3f} [{dlo:+.3f}, {dhi:+.3f}] {r.get(f'{m}:vs_random:mark') or ''}"
+            cells.append(cell)
+        table.add_row(str(r["method"]), str(r["budget"]), str(int(r["seeds"])), *cells)
+    console.print(table)
+    for m, f in out.get("noise_floor", {}).items():
+        sd = f"seed SD {f['seed_sd']:.3g}" if f.get("seed_sd") is not None else "one seed"
+        console.print(f"noise floor {m}: differences below {f['mdd']:.3g} are noise at this size "
+                      f"({f['n_items']} items, {f['n_seeds']} seeds, {sd})")
+    board_dir = ws.board_dir(board)
+    for name in ("LEADERBOARD.md", "leaderboard.html"):
+        if (board_dir / name).is_file():
+            console.print(f"{name}: {board_dir / name}")
+
+
+ParamOpt = typer.Option(None, "--param", help="k=v parameter of an ad hoc --method row (repeatable; YAML values)")
+LabelOpt = typer.Option(None, "--label", help="row name of an ad hoc --method row (default: the method's name)")
+
+
+def ad_hoc_entry(board: str, method: str, params: list[str] | None, label: str | None, root: Path | None):
+    """The row for ``--method``: the protocol's own when it lists that row and no --param/--label is given,
+    otherwise an ad hoc row (the committed protocol stays untouched)."""
+    import yaml
+
+    from .protocol import MethodEntry, load_protocol
+
+    parsed = {}
+    for item in params or []:
+        if "=" not in item:
+            _fail(f"--param {item!r}: expected k=v")
+        k, v = item.split("=", 1)
+        parsed[k.strip()] = yaml.safe_load(v)
+    rows = {m.row for m in load_protocol(Workspace.at(root).protocol_path(board)).methods}
+    if method in rows and not parsed and not label:
+        return None
+    if label is None and method in rows:  # the protocol's row keeps its name; this variant gets its own
+        label = f"{method}[{','.join(f'{k}={v}' for k, v in sorted(parsed.items()))}]"
+    return MethodEntry(name=method, params=parsed, label=label)
+
+
 def _fail(msg: str) -> None:
     console.print(f"[red]error:[/] {msg}")
     raise typer.Exit(2)
@@ -53,14 +108,18 @@ def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..
         budget: Optional[str] = typer.Option(None, "--budget", help="count or fraction; default: every budget"),
         seed: Optional[int] = typer.Option(None, "--seed", help="default: every seed of the protocol"),
         force: bool = typer.Option(False, "--force"), plugin: Optional[List[Path]] = PluginOpt,
+        param: Optional[List[str]] = ParamOpt, label: Optional[str] = LabelOpt,
         root: Optional[Path] = RootOpt, verbose: bool = typer.Option(False, "-v")):
-    """Run one cell (method x budget x seed) of a board and update its leaderboard."""
+    """Run one row's cells (every budget and seed unless given) and update the leaderboard. A method the protocol
+    does not list (e.g. from --plugin), or one given --param, runs as an ad hoc row without editing the protocol."""
     from .pipeline import Board
 
     _setup(verbose)
     try:
-        b = Board(Workspace.at(root), board, tuple(map(str, plugin or [])))
-        cells = b.cells([method])
+        registry.load_all([str(p) for p in plugin or []])
+        entry = ad_hoc_entry(board, method, param, label, root)
+        b = Board(Workspace.at(root), board, tuple(map(str, plugin or [])), ad_hoc=(entry,) if entry else ())
+        cells = b.cells([entry.row if entry else method])
         if budget is not None:
             want = b.protocol.resolve_budget(float(budget) if "." in budget else int(budget), len(b.pool))
             cells = [c for c in cells if c.budget == want]
@@ -82,6 +141,8 @@ def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..
 @app.command()
 def refresh(board: str = typer.Option(..., "--board"),
             methods: Optional[List[str]] = typer.Option(None, "--methods", help="rows to run (repeatable)"),
+            method: Optional[str] = typer.Option(None, "--method", help="add an ad hoc row (with --param/--label)"),
+            param: Optional[List[str]] = ParamOpt, label: Optional[str] = LabelOpt,
             force: bool = typer.Option(False, "--force", help="recompute cells even if their record is current"),
             plugin: Optional[List[Path]] = PluginOpt, root: Optional[Path] = RootOpt,
             verbose: bool = typer.Option(False, "-v")):
@@ -91,7 +152,12 @@ def refresh(board: str = typer.Option(..., "--board"),
     _setup(verbose)
     rows = [m for item in (methods or []) for m in item.split(",") if m]
     try:
-        s = do_refresh(Workspace.at(root), board, rows or None, force, [str(p) for p in plugin or []])
+        entry = None
+        if method:
+            registry.load_all([str(p) for p in plugin or []])
+            entry = ad_hoc_entry(board, method, param, label, root)
+        s = do_refresh(Workspace.at(root), board, rows or None, force, [str(p) for p in plugin or []],
+                       ad_hoc=(entry,) if entry else ())
     except (ProtocolError, registry.RegistryError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(f"{board}: {len(s.done)} cells computed, {len(s.skipped)} up to date, {len(s.failed)} failed; "
@@ -99,6 +165,10 @@ def refresh(board: str = typer.Option(..., "--board"),
                   f"({s.leaderboard['rows']} rows)")
     for cell, err in s.failed.items():
         console.print(f"[red]failed[/] {cell}: {err}")
+    from .protocol import load_protocol
+
+    ws = Workspace.at(root)
+    print_leaderboard(board, s.leaderboard, ws, load_protocol(ws.protocol_path(board)))
     if s.failed:
         raise typer.Exit(1)
 
@@ -118,6 +188,44 @@ def leaderboard(board: str = typer.Option(..., "--board"), root: Optional[Path] 
     console.print(f"{board}: {out['rows']} rows from {out['records']} records"
                   + (f", {out['stale']} stale records left out" if out["stale"] else "")
                   + (f"; wrote {', '.join(out['changed'])}" if out["changed"] else "; unchanged"))
+    print_leaderboard(board, out, ws, protocol)
+
+
+@app.command("score-judgments")
+def score_judgments_cmd(files: List[Path] = typer.Argument(..., help="judgment files (one format)"),
+                        fmt: str = typer.Option("auto", "--format",
+                                                help="auto | cherry | vicuna | fastchat_single | fastchat_pair | "
+                                                     "alpaca_eval")):
+    """Scores from recorded judgments (a paper's released reviews, alpaca_eval annotations): no judge is asked."""
+    import json
+
+    from .replay import score_judgments
+
+    try:
+        out = score_judgments(files, fmt)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    print(json.dumps(out, indent=2, sort_keys=True))
+
+
+@app.command("contamination")
+def contamination_cmd(board: str = typer.Option(..., "--board"), root: Optional[Path] = RootOpt,
+                      threshold: float = typer.Option(0.9, help="MiniLM cosine at or above which two texts are "
+                                                                 "near duplicates"),
+                      full_sets: bool = typer.Option(False, "--full-sets",
+                                                     help="check every item of each evaluation set, not only the "
+                                                          "items the protocol's limits select")):
+    """Overlap of the pool and each selection with the board's evaluation sets (13-gram and MiniLM near
+    duplicates); writes contamination.json next to LEADERBOARD.md."""
+    from .contamination import board_report, format_report
+
+    ws = Workspace.at(root)
+    try:
+        report, path = board_report(ws, board, threshold=threshold, full_sets=full_sets)
+    except (ProtocolError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    print(format_report(report))
+    console.print(f"wrote {path}")
 
 
 def main() -> None:  # pragma: no cover

@@ -1,8 +1,11 @@
 """Evaluation stage: a registry of evaluators, each turning one model into metrics.
 
-``@register_evaluator("name")`` registers ``fn(model, spec, ctx) -> EvalResult``; the protocol's
-``evaluation.<name>`` section is ``spec``. lm-eval benchmarks live in :mod:`selbench.lm_eval_runner`; the
-LLM-judged suites (MT-Bench, AlpacaEval, pairwise win score) in :mod:`selbench.judge`.
+``@register_evaluator("name", settings=Model, headline=(...))`` registers ``fn(model, spec, ctx) -> EvalResult``;
+the protocol's ``evaluation.<name>`` section is ``spec`` (validated against ``settings`` when the board loads), and
+``headline`` names the metrics the leaderboard shows. The registry is a leaf: it imports no evaluator. Built-ins
+(lm-eval benchmarks in :mod:`selbench.lm_eval_runner`, reference likelihood in :mod:`selbench.ref_likelihood`, the
+LLM-judged suites in :mod:`selbench.judge`) and third-party packages' evaluators (entry-point group
+``selbench.evaluators``) are imported by name when the registry is first read, as lm-eval finds its tasks.
 """
 
 from __future__ import annotations
@@ -34,18 +37,26 @@ class ModelUnderTest:
 class Metric:
     value: float
     stderr: float | None = None
+    higher_is_better: bool = True
+
+
+def metric_json(m: Metric) -> dict[str, Any]:
+    out = {"value": m.value, "stderr": m.stderr}
+    return out if m.higher_is_better else {**out, "higher_is_better": False}
 
 
 @dataclass
 class EvalResult:
     metrics: dict[str, Metric]  # keys without the evaluator prefix, e.g. "arc_easy/acc"
-    details: list[dict[str, Any]] = field(default_factory=list)  # per-example rows, written as a side file
+    # per-example rows, written as a side file; each row that scores an item has "item" (a stable ID, the same in
+    # every cell) and "scores" ({metric key: value}), which the leaderboard pairs across cells
+    details: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # e.g. judge calls, parse errors
     info: dict[str, Any] = field(default_factory=dict)  # e.g. which LC formula was used
     tables: dict[str, Any] = field(default_factory=dict)  # name -> pandas DataFrame, logged to wandb
 
     def to_json(self) -> dict[str, Any]:
-        return {"metrics": {k: {"value": m.value, "stderr": m.stderr} for k, m in self.metrics.items()},
+        return {"metrics": {k: metric_json(m) for k, m in self.metrics.items()},
                 "details": self.details, "counts": self.counts, "info": self.info,
                 "tables": {k: v.to_dict(orient="split") for k, v in self.tables.items()}}
 
@@ -53,7 +64,8 @@ class EvalResult:
     def from_json(cls, d: dict[str, Any]) -> "EvalResult":
         import pandas as pd
 
-        return cls({k: Metric(v["value"], v.get("stderr")) for k, v in d["metrics"].items()}, d.get("details", []),
+        return cls({k: Metric(v["value"], v.get("stderr"), v.get("higher_is_better", True))
+                    for k, v in d["metrics"].items()}, d.get("details", []),
                    d.get("counts", {}), d.get("info", {}),
                    {k: pd.DataFrame(**v) for k, v in d.get("tables", {}).items()})
 
@@ -81,28 +93,65 @@ class EvaluatorSpec:
     needs_judge: bool = False
     needs_baselines: tuple[str, ...] = ()  # cells that must be trained before this evaluator runs
     version: str = "1"
+    settings: Any = None  # a pydantic model of the protocol section, validated when the board loads
+    headline: tuple[str, ...] = ()  # metric keys (without the evaluator prefix) shown on the leaderboard
+
+    def validate(self, section: Any, where: str) -> None:
+        if self.settings is None:
+            return
+        from pydantic import ValidationError
+
+        from .protocol import describe_validation_error
+
+        try:
+            self.settings.model_validate(section or {})
+        except ValidationError as e:
+            raise ValueError(describe_validation_error(e, f"{where}: evaluation.{self.name}: invalid settings",
+                                                       f"evaluation.{self.name}.")) from None
 
 
 EVALUATORS: dict[str, EvaluatorSpec] = {}
+ENTRY_POINT_GROUP = "selbench.evaluators"
+BUILTIN_MODULES = ("selbench.lm_eval_runner", "selbench.ref_likelihood", "selbench.judge")
+_LOADED = False
 
 
 def register_evaluator(name: str, *, needs_judge: bool = False, needs_baselines: tuple[str, ...] = (),
-                       version: str = "1"):
+                       version: str = "1", settings: Any = None, headline: tuple[str, ...] = ()):
     def deco(fn):
-        EVALUATORS[name] = EvaluatorSpec(name, fn, needs_judge, needs_baselines, version)
+        EVALUATORS[name] = EvaluatorSpec(name, fn, needs_judge, tuple(needs_baselines), version, settings,
+                                         tuple(headline))
         return fn
 
     return deco
 
 
 def load_evaluators() -> dict[str, EvaluatorSpec]:
-    from . import lm_eval_runner  # noqa: F401  (registers "lm_eval")
+    """Every registered evaluator: the built-ins, then those of installed packages' entry points."""
+    global _LOADED
+    if not _LOADED:
+        import importlib
+        from importlib.metadata import entry_points
 
-    try:
-        from . import judge  # noqa: F401  (registers the judged suites)
-    except ImportError as e:  # pragma: no cover - judge extras are part of the base install
-        log.debug("judge evaluators unavailable: %s", e)
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                ep.load()  # importing the module runs its @register_evaluator decorators
+            except Exception as e:
+                log.error("evaluator entry point %s (%s) failed to load: %s", ep.name, ep.value, e)
+        _LOADED = True
     return EVALUATORS
+
+
+def check_evaluation(protocol, where: str) -> None:
+    """Every configured section names a known evaluator and has valid settings; fails before any work."""
+    known = load_evaluators()
+    for name, section in configured_evaluators(protocol).items():
+        if name not in known:
+            raise ValueError(f"{where}: evaluation.{name} names no known evaluator (known: {sorted(known)}; "
+                             f"third-party evaluators register through the entry-point group {ENTRY_POINT_GROUP!r})")
+        known[name].validate(section, where)
 
 
 def configured_evaluators(protocol) -> dict[str, Any]:
@@ -113,9 +162,14 @@ def configured_evaluators(protocol) -> dict[str, Any]:
 
 def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
                     ctx: EvalContext) -> tuple[EvalResult, bool]:
-    """Run an evaluator unless its result for the same model, spec and baselines is cached."""
+    """Run an evaluator unless its result for the same model, spec, baselines (and, for the judged ones, which
+    generate answers: judge and engine) is cached."""
+    from .vllm_engine import engine_setting, resolve_engine
+
+    judged = evaluator.needs_judge
     key = stable_hash({"evaluator": evaluator.name, "version": evaluator.version, "model": model.identity,
-                       "spec": spec, "judge": ctx.protocol.judge.identity() if evaluator.needs_judge else None,
+                       "spec": spec, "judge": ctx.protocol.judge.identity() if judged else None,
+                       "engine": resolve_engine(engine_setting(ctx.protocol)) if judged else None,
                        "baselines": {k: v.identity for k, v in sorted(ctx.baselines.items())}})
     hit = ctx.cache.get_json(f"eval/{evaluator.name}", key)
     if hit is not None:

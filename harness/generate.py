@@ -1,19 +1,25 @@
 """Answers of a model under test to prompt sets, cached: batched greedy generation with the model's chat template.
 
 A conversation is a list of user turns; turn k is generated with the model's own earlier answers in the context
-(MT-Bench's second turn sees the first answer). Results are cached per (model identity, prompts, decoding), so a
-baseline model evaluated by several evaluators or cells is generated once.
+(MT-Bench's second turn sees the first answer). Results are cached per (model identity, prompts, decoding, engine),
+so a baseline model evaluated by several evaluators or cells is generated once.
+
+Two engines (``Decoding.engine``, see :mod:`.vllm_engine`): transformers ``generate`` in length-sorted batches, or
+vLLM with the LoRA adapter per request. Both get the same token IDs: the prompt rendered with the protocol's chat
+template and cut to its last ``max_prompt_tokens``. In fp32 their greedy answers are equal (tests/test_vllm_engine.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
-from typing import Sequence
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .cache import ArtifactCache, stable_hash
+from .vllm_engine import resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -27,31 +33,31 @@ class Decoding(BaseModel):
     batch_size: int = Field(8, gt=0)
     max_prompt_tokens: int = Field(2048, gt=0)  # longer prompts keep their last tokens
     seed: int = 0
+    engine: Literal["auto", "transformers", "vllm"] = "auto"  # resolved (and $SELBENCH_ENGINE applied) per call
 
 
 def generate(model, conversations: Sequence[Sequence[str]], decoding: Decoding, cache: ArtifactCache | None,
              desc: str = "generating") -> list[list[str]]:
     """One answer per user turn of every conversation, in order."""
     convs = [list(c) for c in conversations]
+    engine = resolve_engine(decoding.engine)
     key = stable_hash({"model": model.identity, "chat_template": model.chat_template, "prompts": convs,
-                       "decoding": decoding.model_dump(exclude={"batch_size"})})
+                       "decoding": decoding.model_dump(exclude={"batch_size", "engine"}), "engine": engine})
     if cache is not None and (hit := cache.get_json("generations", key)) is not None:
         return hit["answers"]
-    backend = _vllm_generate if _use_vllm() else _hf_generate
-    answers = backend(model, convs, decoding, desc)
+    if engine == "vllm":
+        answers = _vllm_generate(model, convs, decoding, desc, cache_root=cache.root if cache else None)
+    else:
+        answers = _hf_generate(model, convs, decoding, desc)
     if cache is not None:
-        cache.put_json("generations", key, {"model": model.name, "identity": model.identity, "answers": answers})
+        cache.put_json("generations", key, {"model": model.name, "identity": model.identity, "engine": engine,
+                                            "answers": answers})
     return answers
 
 
-def _use_vllm() -> bool:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
+def _prompt_limit(dec: Decoding, model_limit: int | None) -> int:
+    limit = model_limit or dec.max_prompt_tokens + dec.max_new_tokens
+    return max(1, min(dec.max_prompt_tokens, limit - dec.max_new_tokens))
 
 
 def _turn_messages(conv: list[str], answers: list[str], k: int) -> list[dict[str, str]]:
@@ -71,8 +77,7 @@ def _hf_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> lis
     tok = load_tokenizer(model.base_path, model.chat_template)
     tok.padding_side = "left"
     lm = load_causal_lm(model.base_path, model.dtype, adapter=model.adapter)
-    limit = getattr(lm.config, "max_position_embeddings", None) or dec.max_prompt_tokens + dec.max_new_tokens
-    max_prompt = max(1, min(dec.max_prompt_tokens, limit - dec.max_new_tokens))
+    max_prompt = _prompt_limit(dec, getattr(lm.config, "max_position_embeddings", None))
     answers: list[list[str]] = [[] for _ in convs]
     torch.manual_seed(dec.seed)
     try:
@@ -101,29 +106,33 @@ def _hf_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> lis
     return answers
 
 
-def _vllm_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> list[list[str]]:
-    from vllm import LLM, SamplingParams
+def _vllm_generate(model, convs: list[list[str]], dec: Decoding, desc: str, engine=None,
+                   cache_root=None) -> list[list[str]]:
+    """``engine``: a started :class:`~.vllm_engine.VllmEngine` on ``model.base_path`` to use (else one is started
+    for this call and released after it)."""
+    from vllm import SamplingParams
 
-    from .formatting import render
+    from .formatting import encode, render
     from .models import load_tokenizer
+    from .vllm_engine import VllmEngine, lora_rank, model_max_len
 
     tok = load_tokenizer(model.base_path, model.chat_template)
-    llm = LLM(model=model.base_path, dtype=model.dtype, enable_lora=bool(model.adapter), seed=dec.seed)
-    lora = None
-    if model.adapter:
-        from vllm.lora.request import LoRARequest
-
-        lora = LoRARequest("adapter", 1, model.adapter)
-    params = SamplingParams(max_tokens=dec.max_new_tokens, temperature=dec.temperature, top_p=dec.top_p)
+    max_prompt = _prompt_limit(dec, model_max_len(model.base_path))
+    params = SamplingParams(max_tokens=dec.max_new_tokens, temperature=dec.temperature,
+                            top_p=dec.top_p if dec.temperature > 0 else 1.0, seed=dec.seed)
     answers: list[list[str]] = [[] for _ in convs]
-    try:
+    with contextlib.ExitStack() as stack:
+        if engine is None:
+            engine = stack.enter_context(VllmEngine(
+                model.base_path, model.dtype, max_model_len=max_prompt + dec.max_new_tokens,
+                max_lora_rank=lora_rank(model.adapter) if model.adapter else None, cache_root=cache_root,
+                seed=dec.seed))
         for k in range(max(map(len, convs), default=0)):
             todo = [i for i, c in enumerate(convs) if len(c) > k]
-            texts = [render(tok, _turn_messages(convs[i], answers[i], k), add_generation_prompt=True) for i in todo]
-            outs = llm.generate(texts, params, lora_request=lora, use_tqdm=True)
+            prompts = [encode(tok, render(tok, _turn_messages(convs[i], answers[i], k), add_generation_prompt=True))
+                       [-max_prompt:] for i in todo]
+            log.info("%s (%s, turn %d): %d prompts through vLLM", desc, model.name, k + 1, len(todo))
+            outs = engine.generate_ids(prompts, params, adapter=model.adapter, use_tqdm=len(todo) > 1)
             for i, o in zip(todo, outs):
-                answers[i].append(o.outputs[0].text.strip())
-    finally:
-        del llm
-        gc.collect()
+                answers[i].append(tok.decode(o.outputs[0].token_ids, skip_special_tokens=True).strip())
     return answers

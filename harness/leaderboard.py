@@ -1,8 +1,11 @@
-"""Leaderboard stage: ``LEADERBOARD.md`` and ``leaderboard.csv`` regenerated from ``results/`` alone.
+"""Leaderboard stage: ``LEADERBOARD.md``, ``leaderboard.csv``, ``comparisons.csv`` and ``leaderboard.html``
+(:mod:`selbench.report_html`) from ``results/`` alone.
 
-One row per method x budget (mean over seeds, spread = sample standard deviation), a column per metric, the
-base-model reference row first. Only records of the board's current protocol hash are used; others are counted
-and named in the header so a stale result is never silently mixed in.
+One row per method x budget (mean over seeds), a column per metric, the base-model reference row first. Every
+headline metric with per-item scores carries the row's 95% interval, its paired difference to ``random`` at the
+same budget (interval, BH-adjusted p-value, ▲/▼) and to ``full``; the header states each metric's noise floor
+(:mod:`selbench.compare`, :mod:`selbench.stats`). Only records of the board's current protocol hash are used;
+others are counted and named in the header so a stale result is never silently mixed in.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ from typing import Any
 import pandas as pd
 
 from .cache import write_if_changed
-from .evaluate import configured_evaluators
+from .contamination import OVERLAP_COLUMN, overlap_column, overlap_legend
+from .evaluate import configured_evaluators, load_evaluators
 from .record import BASE_ROW, iter_records
 
 REFERENCE_ROWS = (BASE_ROW, "full", "random")
 # The judged headline metrics shown in LEADERBOARD.md (leaderboard.csv has every metric: per turn, category, test
 # set, the strict two-order rule ...).
-JUDGED_HEADLINES = ("mt_bench/score", "alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "pairwise/ws_vs_full",
-                    "pairwise/ws_vs_random", "pairwise/flip_rate_vs_full", "pairwise/flip_rate_vs_random")
 
 
 def judge_error_counts(evaluation: dict[str, Any]) -> tuple[int, int]:
@@ -35,12 +37,14 @@ def judge_error_counts(evaluation: dict[str, Any]) -> tuple[int, int]:
     return errors, judged
 
 
-def records_frame(results_dir: Path, board: str, protocol_hash: str) -> tuple[pd.DataFrame, list[str]]:
-    rows, stale = [], []
+def records_frame(results_dir: Path, board: str, protocol_hash: str
+                  ) -> tuple[pd.DataFrame, list[str], list[tuple[Path, dict[str, Any]]]]:
+    rows, stale, current = [], [], []
     for path, rec in iter_records(results_dir, board):
         if rec.get("protocol_hash") != protocol_hash:
             stale.append(str(path.relative_to(results_dir)))
             continue
+        current.append((path, rec))
         row = {"method": rec["method"]["row"], "family": rec["method"].get("family", ""),
                "budget": rec.get("budget"), "seed": rec["seed"],
                "select_s": (rec.get("timings") or {}).get("select_s"),
@@ -49,7 +53,7 @@ def records_frame(results_dir: Path, board: str, protocol_hash: str) -> tuple[pd
             row[name] = m["value"]
         row["judge_errors"], row["judged"] = judge_error_counts(rec.get("evaluation") or {})
         rows.append(row)
-    return pd.DataFrame(rows), stale
+    return pd.DataFrame(rows), stale, current
 
 
 def primary_metric_columns(columns: list[str]) -> list[str]:
@@ -100,12 +104,19 @@ def _fmt(mean: Any, std: Any, seconds: bool = False) -> str:
 
 
 def headline_columns(columns: list[str], protocol=None) -> list[str]:
-    """bench_avg, each lm-eval task's headline metric, and the judged headlines: those of every judged evaluator the
-    protocol configures (shown even when no verdict parsed, so a judge that fails is visible), else those present."""
+    """The evaluators' declared headlines (judge-free ones first), bench_avg and each lm-eval task's headline
+    metric, then the judged ones: a judged headline of a configured evaluator is shown even when no verdict parsed,
+    so a judge that fails is visible."""
     present = set(columns)
     configured = set(configured_evaluators(protocol)) if protocol is not None else set()
-    judged = [c for c in JUDGED_HEADLINES if c in present or c.split("/")[0] in configured]
-    return [c for c in ("bench_avg", *primary_metric_columns(columns)) if c in present] + judged
+    specs = load_evaluators()
+    plain, judged = [], []
+    for name, spec in specs.items():
+        for h in spec.headline:
+            c = f"{name}/{h}"
+            if c in present or (spec.needs_judge and name in configured):
+                (judged if spec.needs_judge else plain).append(c)
+    return plain + [c for c in ("bench_avg", *primary_metric_columns(columns)) if c in present] + judged
 
 
 def _errors_cell(r) -> str:
@@ -114,11 +125,31 @@ def _errors_cell(r) -> str:
     return f"{r['judge_errors']:.0f}/{r['judged']:.0f}"
 
 
-def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str]) -> str:
+def _interval_cell(r, c: str) -> str:
+    """``mean [lo, hi]`` then the difference to random: ``Δr +0.012 ± 0.008 ▲`` (± = half the 95% interval)."""
+    mean = r.get(c)
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    out = f"{mean:.3f}"
+    lo, hi = r.get(f"{c}:ci_low"), r.get(f"{c}:ci_high")
+    if _num(lo) and _num(hi) and hi > lo:
+        out += f" [{lo:.3f}, {hi:.3f}]"
+    d, dlo, dhi = r.get(f"{c}:vs_random"), r.get(f"{c}:vs_random:ci_low"), r.get(f"{c}:vs_random:ci_high")
+    if _num(d) and _num(dlo) and _num(dhi):
+        out += f"<br>Δr {d:+.3f} ± {(dhi - dlo) / 2:.3f} {r.get(f'{c}:vs_random:mark') or ''}".rstrip()
+    return out
+
+
+def _num(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str],
+                    floors: dict[str, Any] | None = None) -> str:
     metric_cols = headline_columns(list(agg.columns), protocol)
     judged = "judged" in agg and agg["judged"].fillna(0).gt(0).any()
     head = ["method", "family", "budget", "seeds", *metric_cols, *(["judge errors"] if judged else []),
-            "select s", "train s"]
+            *([OVERLAP_COLUMN] if OVERLAP_COLUMN in agg else []), "select s", "train s"]
     lines = [f"# Leaderboard: {board}", "",
              f"Protocol `{protocol.hash}` · base model `{protocol.base_model.path}` · "
              f"{n_records} result records · generated from `results/{board}/` by `selbench leaderboard`.", ""]
@@ -126,9 +157,17 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
         lines += [protocol.description.strip(), ""]
     if stale:
         lines += [f"{len(stale)} records of other protocol hashes were left out (e.g. `{stale[0]}`).", ""]
-    lines += ["Values are means over seeds ± sample standard deviation. `bench_avg` is the mean of each "
-              "lm-eval task's headline metric (acc, or exact_match). `leaderboard.csv` holds every metric (per "
-              "MT-Bench turn and category, per pairwise test set, FastChat's strict two-order rule, ...)."
+    floors = floors or {}
+    if floors:
+        lines += ["**Noise floor** (per metric; from the paired comparisons with `random`):", ""]
+        lines += [f"- `{m}`: {f.sentence()}" for m, f in floors.items()] + [""]
+    lines += ["Cells: mean over seeds [95% interval], then `Δr`: the paired difference to `random` at the same "
+              "budget ± half its 95% interval (hierarchical bootstrap over seeds and items, Student-t with "
+              "Satterthwaite df; `selbench/stats.py`). ▲/▼: significantly better/worse than random after "
+              "Benjamini-Hochberg correction over the board's rows (FDR 5%); no mark: not distinguishable from "
+              "random at this size. Lower is better for `nll` and `bpb`. `bench_avg` is the mean of each lm-eval "
+              "task's headline metric (acc, or exact_match). `leaderboard.csv` holds every metric, "
+              "`comparisons.csv` every paired test (also against `full`)."
               + (" `judge errors`: judged items whose verdict could not be parsed (or the call failed) after "
                  "retries, over all judged items; they count in no score, never as ties." if judged else ""), ""]
     lines.append("| " + " | ".join(h.replace("lm_eval/", "").replace("_local/", "/") for h in head) + " |")
@@ -136,22 +175,63 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
     for _, r in agg.iterrows():
         cells = [f"**{r['method']}**" if r["method"] in REFERENCE_ROWS else r["method"], r["family"],
                  str(r["budget"]), str(int(r["seeds"]))]
-        cells += [_fmt(r.get(c), r.get(f"{c}_std")) for c in metric_cols]
+        cells += [_interval_cell(r, c) if f"{c}:ci_low" in r else _fmt(r.get(c), r.get(f"{c}_std"))
+                  for c in metric_cols]
         cells += [_errors_cell(r)] if judged else []
+        cells += [str(r[OVERLAP_COLUMN])] if OVERLAP_COLUMN in agg else []  # contamination report
         cells += [_fmt(r["select_s"], r.get("select_s_std"), True), _fmt(r["train_s"], r.get("train_s_std"), True)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def attach_comparisons(agg: pd.DataFrame, comps) -> pd.DataFrame:
+    """Wide columns ``<metric>:ci_low`` ..., ``<metric>:vs_<baseline>[:ci_low|:ci_high|:p|:p_adj|:mark]``."""
+    agg = agg.copy()
+    index = {(m, str(b)): i for i, (m, b) in enumerate(zip(agg["method"], agg["budget"]))}
+    cols: dict[str, dict[int, Any]] = {}
+    for c in comps:
+        i = index.get((c.row, "" if c.budget is None else str(c.budget)))
+        if i is None:
+            continue
+        d = c.diff
+        if c.baseline == "self":
+            vals = {f"{c.metric}:ci_low": d.ci_low, f"{c.metric}:ci_high": d.ci_high}
+        else:
+            k = f"{c.metric}:vs_{c.baseline}"
+            vals = {k: d.estimate, f"{k}:ci_low": d.ci_low, f"{k}:ci_high": d.ci_high, f"{k}:p": d.p_value,
+                    f"{k}:p_adj": c.p_adjusted, f"{k}:mark": c.mark}
+        for k, v in vals.items():
+            cols.setdefault(k, {})[i] = v
+    for k, v in cols.items():
+        agg[k] = pd.Series(v, dtype=object if k.endswith(":mark") else float)
+    return agg
+
+
 def build_leaderboard(results_dir: Path, board_dir: Path, board: str, protocol) -> dict[str, Any]:
     """Regenerate the board's tables; files are rewritten only when their content changes."""
-    df, stale = records_frame(results_dir, board, protocol.hash)
+    from .compare import compare_board, read_item_scores
+    from .report_html import render_leaderboard_html
+
+    df, stale, records = records_frame(results_dir, board, protocol.hash)
+    comps, floors = [], {}
     if df.empty:
         agg = pd.DataFrame(columns=["method", "family", "budget", "seeds", "select_s", "train_s"])
     else:
         agg = aggregate(df)
-    md = render_markdown(board, protocol, agg, len(df), stale)
+        metrics = [m for m in headline_columns(list(agg.columns), protocol) if m in agg]
+        scores, direction = read_item_scores(records, primary_metric_columns(list(df.columns)))
+        comps, floors = compare_board(scores, direction, metrics)
+        agg = attach_comparisons(agg, comps)
+    agg = overlap_column(agg, board_dir)  # contamination.json (selbench contamination): per-method overlap column
+    md = render_markdown(board, protocol, agg, len(df), stale, floors)
+    md += f"\n{overlap_legend(board_dir)}\n" if OVERLAP_COLUMN in agg else ""
     csv = agg.round(6).to_csv(index=False, float_format="%.6g")
-    changed = [name for name, text in (("LEADERBOARD.md", md), ("leaderboard.csv", csv))
-               if write_if_changed(board_dir / name, text)]
-    return {"rows": len(agg), "records": len(df), "stale": len(stale), "changed": changed, "table": agg}
+    long = pd.DataFrame([c.as_dict() for c in comps]).round(6).to_csv(index=False, float_format="%.6g") \
+        if comps else ""
+    page, figures = render_leaderboard_html(board, protocol, agg, records, floors, md)
+    outputs = [("LEADERBOARD.md", md), ("leaderboard.csv", csv)] + ([("comparisons.csv", long)] if long else []) \
+        + [("leaderboard.html", page)]
+    changed = [name for name, text in outputs if write_if_changed(board_dir / name, text)]
+    return {"rows": len(agg), "records": len(df), "stale": len(stale), "changed": changed, "table": agg,
+            "comparisons": comps, "noise_floor": {m: f.as_dict() for m, f in floors.items()},
+            "figures": figures, "html": board_dir / "leaderboard.html"}

@@ -72,17 +72,24 @@ def metrics_from_results(results: dict[str, Any]) -> dict[str, Metric]:
 
 
 def sample_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (task, document, filter); ``item`` and ``scores`` (keyed like the metrics) serve paired
+    comparisons between cells."""
     rows = []
     for task, samples in (results.get("samples") or {}).items():
         for s in samples:
             resp = s.get("filtered_resps")
-            rows.append({"task": task, "doc_id": s.get("doc_id"), "target": str(s.get("target")),
+            filt = s.get("filter", "none")
+            values = {m: s[m] for m in s.get("metrics", []) if m in s}
+            scores = {(f"{task}/{m}" if filt == "none" else f"{task}/{m}[{filt}]"): _float_or_none(v)
+                      for m, v in values.items()}
+            rows.append({"task": task, "doc_id": s.get("doc_id"), "item": f"{task}/{s.get('doc_id')}",
+                         "target": str(s.get("target")),
                          "response": str(resp[0] if isinstance(resp, list) and resp else resp)[:500],
-                         **{m: s[m] for m in s.get("metrics", []) if m in s}})
+                         **values, "scores": {k: v for k, v in scores.items() if v is not None}})
     return rows
 
 
-@register_evaluator("lm_eval", version="1")
+@register_evaluator("lm_eval", version="2", settings=LmEvalSpec)
 def run_lm_eval(model: ModelUnderTest, spec: dict[str, Any], ctx: EvalContext) -> EvalResult:
     from lm_eval import simple_evaluate
 

@@ -28,6 +28,24 @@ def data_dir(root: str | Path | None = None) -> Path | None:
     return guess if guess.is_dir() else None
 
 
+def portable_path(path: str | Path | None, root: Path | None = None) -> str | None:
+    """A path as a committed record may hold it: relative to the data directory (``$SELBENCH_DATA_DIR/...``) or to
+    the project root; never a machine path. A hub ID (not an existing path) is returned as it is."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        return str(path)
+    for base, label in ((data_dir(root), "$SELBENCH_DATA_DIR"), (root, "")):
+        if base is not None:
+            try:
+                rel = p.resolve().relative_to(Path(base).resolve())
+            except ValueError:
+                continue
+            return f"{label}/{rel}" if label else str(rel)
+    return p.name
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path

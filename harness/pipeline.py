@@ -19,14 +19,15 @@ from rich.console import Console
 from . import registry
 from .cache import ArtifactCache, stable_hash
 from .data import Pool, load_pool
-from .evaluate import (EvalContext, ModelUnderTest, configured_evaluators, evaluate_cached, load_evaluators)
+from .evaluate import (EvalContext, ModelUnderTest, check_evaluation, configured_evaluators, evaluate_cached,
+                       load_evaluators, metric_json)
 from .leaderboard import build_leaderboard
 from .models import BaseModelHandle, resolve_base_model
-from .paths import Workspace
-from .protocol import Protocol, load_protocol
+from .paths import Workspace, portable_path
+from .protocol import MethodEntry, Protocol, load_protocol
 from .record import BASE_ROW, is_current, package_versions, record_path, write_record
-from .select import SelectionContext, cached_selection, selection_key
-from .tracking import details_table, log_cell
+from .select import SelectionContext, cached_selection, file_fingerprints, selection_key
+from .tracking import details_table, log_cell, log_leaderboard
 from .train import finetune
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,27 @@ class Board:
     name: str
     plugins: tuple[str, ...] = ()
     refresh_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+    ad_hoc: tuple[MethodEntry, ...] = ()  # rows run without editing the committed protocol (recorded as ad hoc)
 
     def __post_init__(self):
         self.protocol: Protocol = load_protocol(self.ws.protocol_path(self.name))
         self.cache = ArtifactCache(self.ws.cache_dir)
         self.methods = registry.load_all(self.plugins)
-        for m in self.protocol.methods:
-            registry.get_method(m.name)  # fail early on an unknown method
+        # Methods are not part of the protocol's hash, so an ad hoc row leaves the board's other records current.
+        committed = {m.row: m for m in self.protocol.methods}
+        extra = [m for m in self.ad_hoc if m.row not in committed]
+        for m in self.ad_hoc:
+            if m.row in committed and committed[m.row] != m:
+                raise ValueError(f"ad hoc row {m.row!r} differs from the protocol's row of that name; give it "
+                                 f"another --label")
+        self._ad_hoc_rows = {m.row for m in extra}
+        if extra:
+            self.protocol = self.protocol.model_copy(update={"methods": [*self.protocol.methods, *extra]})
+        check_evaluation(self.protocol, str(self.ws.protocol_path(self.name)))
+        for i, m in enumerate(self.protocol.methods):  # fail before any work on a bad method or parameter
+            where = f"ad hoc row {m.row!r}" if m.row in self._ad_hoc_rows else \
+                f"{self.ws.protocol_path(self.name)}: methods[{i}] ({m.row})"
+            registry.validate_params(registry.get_method(m.name), m.params, where)
         self._judge_stack = contextlib.ExitStack()
         self._judge = None
 
@@ -78,7 +93,8 @@ class Board:
         disk cache and the loaded base model are shared by all."""
         from .signals import SignalCache
 
-        return SignalCache(self.cache, self.base_handle, max_len=self.protocol.recipe.max_seq_len)
+        return SignalCache(self.cache, self.base_handle, max_len=self.protocol.recipe.max_seq_len,
+                           engine=self.protocol.engine)
 
     # -- the matrix -------------------------------------------------------------------------------------------
     def cells(self, rows: Iterable[str] | None = None) -> list[Cell]:
@@ -98,9 +114,10 @@ class Board:
     def cell_inputs(self, cell: Cell) -> dict[str, Any]:
         entry = self.protocol.method(cell.row)
         spec = registry.get_method(entry.name)
+        params = {**spec.defaults, **entry.params}
         return {"protocol": self.protocol.hash, "row": cell.row, "method": entry.name, "version": spec.version,
-                "source": spec.source_hash, "params": {**spec.defaults, **entry.params}, "budget": cell.budget,
-                "seed": cell.seed, "evaluators": self.evaluator_versions}
+                "source": spec.source_hash, "params": params, "files": file_fingerprints(params),
+                "budget": cell.budget, "seed": cell.seed, "evaluators": self.evaluator_versions}
 
     def cell_path(self, cell: Cell):
         return record_path(self.ws.results, self.name, cell.row, cell.budget, cell.seed)
@@ -143,7 +160,7 @@ class Board:
                            "selection": selection.hash, "seed": seed, "dtype": self.protocol.base_model.dtype})
         out = self.cache.directory("adapters", key)
         if out is None:
-            examples = self.pool.subset(selection.ids)
+            examples = selection.training_examples(self.pool)
             with self.cache.build_directory("adapters", key) as tmp:
                 finetune(self.base.path, examples, recipe, seed, tmp, dtype=self.protocol.base_model.dtype)
             out = self.cache.path("adapters", key)
@@ -191,7 +208,7 @@ class Board:
             t0 = time.perf_counter()
             result, cached = evaluate_cached(ev, model, spec, ctx)
             for k, m in result.metrics.items():
-                metrics[f"{name}/{k}"] = {"value": m.value, "stderr": m.stderr}
+                metrics[f"{name}/{k}"] = metric_json(m)
             summary[name] = {"counts": result.counts, "info": result.info, "cached": cached,
                              "wall_s": result.info.get("wall_s", round(time.perf_counter() - t0, 2))}
             details[name] = result.details
@@ -220,10 +237,12 @@ class Board:
             "board": self.name, "protocol_hash": self.protocol.hash, "inputs_hash": inputs_hash,
             "method": {"row": cell.row, "name": entry.name, "params": inputs["params"], "version": spec.version,
                        "source_hash": spec.source_hash, "family": spec.family, "aspect": spec.aspect,
-                       "citation": spec.citation},
+                       "citation": spec.citation, **({"ad_hoc": True} if cell.row in self._ad_hoc_rows else {})},
             "budget": cell.budget, "seed": cell.seed,
-            "pool": {"hash": self.pool.hash, "size": len(self.pool), "source": self.pool.report.get("source")},
+            "pool": {"hash": self.pool.hash, "size": len(self.pool),
+                     "source": portable_path(self.pool.report.get("source"), self.ws.root)},
             "selection": {"hash": selection.hash, "size": len(selection.ids), "notes": selection.notes,
+                          "ids": None if spec.full_pool else selection.ids,  # the full row: the pool
                           "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "device", "signals", "cached")}},
             "training": {k: v for k, v in train_report.items() if k != "loss_curve"},
             "metrics": metrics, "evaluation": eval_summary,
@@ -231,7 +250,7 @@ class Board:
                         "eval_s": round(sum(e["wall_s"] for e in eval_summary.values()), 2)},
             "versions": package_versions(),
         }
-        selected = [self.pool[i].to_dict() for i in selection.ids]
+        selected = [e.to_dict() for e in selection.training_examples(self.pool)]
         record["wandb"] = log_cell(protocol=self.protocol, run_name=f"{self.name}/{cell}", group=self.group,
                                    job_type="select-train-eval", wandb_dir=self.ws.wandb_dir, record=record,
                                    selected=selected, tables=tables, loss_curve=train_report.get("loss_curve"))
@@ -293,9 +312,10 @@ class RefreshSummary:
 
 
 def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force: bool = False,
-            plugins: Iterable[str] = (), include_base: bool = True) -> RefreshSummary:
+            plugins: Iterable[str] = (), include_base: bool = True,
+            ad_hoc: Iterable[MethodEntry] = ()) -> RefreshSummary:
     """Run every cell of the board that has no current record, then regenerate its leaderboard."""
-    board = Board(ws, board_name, tuple(plugins))
+    board = Board(ws, board_name, tuple(plugins), ad_hoc=tuple(ad_hoc))
     summary = RefreshSummary()
     board.cells(rows)  # load and validate the pool (and the method list) before any expensive work
     try:
@@ -315,4 +335,6 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
     finally:
         board.close()
     summary.leaderboard = board.leaderboard()
+    summary.leaderboard["wandb"] = log_leaderboard(protocol=board.protocol, board=board_name, group=board.group,
+                                                   wandb_dir=ws.wandb_dir, leaderboard=summary.leaderboard)
     return summary

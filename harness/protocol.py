@@ -102,7 +102,7 @@ class JudgeSpec(_Strict):
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
-    server: Literal["transformers", "llama_cpp"] = "transformers"
+    server: Literal["transformers", "llama_cpp", "vllm"] = "transformers"  # vllm: verdicts are format-constrained
     max_concurrency: int = Field(4, gt=0)
     max_retries: int = Field(5, ge=0)
     max_parse_retries: int = Field(2, ge=0)
@@ -158,6 +158,11 @@ class Protocol(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     judge: JudgeSpec = JudgeSpec()
     tracking: TrackingSpec = TrackingSpec()
+    # How answers are generated and losses scored, like the device: outside the hash, since fp32 greedy answers
+    # are the same on both engines (bf16 ones can drift apart). Generation and signal cache keys and each judged
+    # evaluation's info name the engine actually used.
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto: vLLM when it imports, else transformers; $SELBENCH_ENGINE overrides")
     methods: list[MethodEntry] = Field(min_length=1)
 
     @field_validator("budgets")
@@ -180,7 +185,7 @@ class Protocol(_Strict):
         return v
 
     def fixed_part(self) -> dict[str, Any]:
-        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description"}),
+        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description", "engine"}),
                 "judge": self.judge.identity()}
 
     @property

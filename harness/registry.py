@@ -1,7 +1,8 @@
 """The method registry: ``@register_method`` in ``methods/``, entry points, and plugin files.
 
 A selection method is a function ``fn(pool, budget, ctx, **params)`` returning either a list of example IDs or a
-:class:`selbench.select.Selection`. Third-party packages expose methods through the entry-point group
+:class:`selbench.select.Selection`. Its parameters and their defaults are the function's keyword parameters (one
+place); :func:`validate_params` checks a protocol's parameters against them before any work runs. Third-party packages expose methods through the entry-point group
 ``selbench.methods``; a single file is loaded with ``--plugin path/to/file.py``.
 """
 
@@ -22,8 +23,8 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "selbench.methods"
-FAMILIES = ("baseline", "indicator-based", "trainable-LLM", "strong-LLM", "small-model")
-ASPECTS = ("quality", "diversity", "importance", "reference")
+FAMILIES = ("baseline", "control", "indicator-based", "trainable-LLM", "strong-LLM", "small-model")
+ASPECTS = ("quality", "diversity", "importance", "reference", "planted-harm", "planted-gain")
 
 
 class RegistryError(ValueError):
@@ -61,18 +62,26 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _LOADED = False
 
 
+def signature_defaults(fn: Callable) -> dict[str, Any]:
+    """The method's parameters after ``(pool, budget, ctx)`` with their defaults (``inspect.Parameter.empty`` for
+    a required one)."""
+    params = list(inspect.signature(fn).parameters.values())[3:]
+    return {p.name: p.default for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
 def register_method(name: str, *, family: str, aspect: str, description: str, citation: str,
-                    version: str = "1", reference: str = "", full_pool: bool = False,
-                    **defaults: Any) -> Callable:
-    """Decorator: register ``fn`` as selection method ``name``. ``defaults`` are its default parameters."""
+                    version: str = "1", reference: str = "", full_pool: bool = False) -> Callable:
+    """Decorator: register ``fn(pool, budget, ctx, **params)`` as selection method ``name``."""
     if family not in FAMILIES:
         raise RegistryError(f"method {name!r}: family {family!r} is not one of {FAMILIES}")
     if aspect not in ASPECTS:
         raise RegistryError(f"method {name!r}: aspect {aspect!r} is not one of {ASPECTS}")
 
     def deco(fn: Callable) -> Callable:
-        spec = MethodSpec(name, fn, family, aspect, description, citation, version, reference, dict(defaults),
-                          full_pool)
+        if len(inspect.signature(fn).parameters) < 3:
+            raise RegistryError(f"method {name!r}: the function must take (pool, budget, ctx, **params)")
+        defaults = {k: v for k, v in signature_defaults(fn).items() if v is not inspect.Parameter.empty}
+        spec = MethodSpec(name, fn, family, aspect, description, citation, version, reference, defaults, full_pool)
         old = _REGISTRY.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise RegistryError(f"method {name!r} is registered twice ({old.fn.__module__} and {fn.__module__})")
@@ -80,6 +89,29 @@ def register_method(name: str, *, family: str, aspect: str, description: str, ci
         return fn
 
     return deco
+
+
+def validate_params(spec: MethodSpec, params: dict[str, Any], where: str = "") -> None:
+    """Unknown, missing or mistyped parameters fail here, naming the method and the parameter."""
+    accepted = signature_defaults(spec.fn)
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(spec.fn).parameters.values())
+    at = f"{where}: " if where else ""
+    for k, v in params.items():
+        if k not in accepted:
+            if takes_any:
+                continue
+            raise RegistryError(f"{at}method {spec.name!r} has no parameter {k!r} (it takes: "
+                                f"{', '.join(accepted) or 'none'})")
+        default = accepted[k]
+        if default is inspect.Parameter.empty or default is None or v is None:
+            continue
+        expected = (int, float) if type(default) is float else type(default)
+        if not isinstance(v, expected) or (isinstance(v, bool) and type(default) is not bool):
+            raise RegistryError(f"{at}method {spec.name!r}: parameter {k!r} must be "
+                                f"{type(default).__name__} like its default {default!r}, got {v!r}")
+    missing = [k for k, d in accepted.items() if d is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise RegistryError(f"{at}method {spec.name!r} needs parameter(s) {missing}")
 
 
 def load_builtin_methods() -> None:

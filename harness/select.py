@@ -7,17 +7,19 @@ and the rule.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import ArtifactCache, stable_hash
-from .data import Pool
+from .data import Example, Pool
 from .registry import MethodSpec
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,32 @@ class Selection:
     scores: dict[str, float] | None = None
     notes: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    # Planted-effect controls only: what to train on instead of a selected example (ID -> {"instruction",
+    # "input", "output"}, any subset of those). A selection method proper never sets this: it chooses data, it
+    # does not edit it.
+    replacements: dict[str, dict[str, str]] | None = None
 
     @property
     def hash(self) -> str:
-        return stable_hash(sorted(self.ids))
+        ids = sorted(self.ids)
+        return stable_hash({"ids": ids, "replacements": self.replacements}) if self.replacements else stable_hash(ids)
+
+    def training_examples(self, pool: Pool) -> list[Example]:
+        """The examples to fine-tune on: the pool's, with a control's replacements applied."""
+        out = pool.subset(self.ids)
+        if not self.replacements:
+            return out
+        return [replaced(e, self.replacements[e.id]) if e.id in self.replacements else e for e in out]
+
+
+def replaced(e: Example, fields: dict[str, str]) -> Example:
+    """``e`` with its first turn's instruction/input/output replaced (later turns of a conversation are kept)."""
+    new = replace(e, **{k: v for k, v in fields.items() if k in ("instruction", "input", "output")})
+    msgs = [dict(m) for m in e.messages]
+    user = next(i for i, m in enumerate(msgs) if m["role"] == "user")
+    reply = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    msgs[user]["content"], msgs[reply]["content"] = new.prompt, new.output
+    return replace(new, messages=tuple(msgs))
 
 
 @dataclass
@@ -78,6 +102,8 @@ def check_contract(method: str, out: Any, pool: Pool, budget: int) -> Selection:
     unknown = [i for i in sel.ids if i not in pool]
     if unknown:
         raise bad(f"returned {len(unknown)} IDs not in the pool (e.g. {unknown[0]!r})")
+    if sel.replacements is not None and not set(sel.replacements) <= set(sel.ids):
+        raise bad("replacements given for IDs it did not select")
     if sel.scores is not None:
         for k, v in sel.scores.items():
             if k not in pool:
@@ -99,9 +125,23 @@ def run_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionConte
 
 def selection_key(pool: Pool, spec: MethodSpec, params: dict[str, Any], budget: int, seed: int,
                   base_identity: str, recipe_template: str) -> str:
+    merged = {**spec.defaults, **params}
     return stable_hash({"pool": pool.hash, "method": spec.name, "version": spec.version,
-                        "source": spec.source_hash, "params": {**spec.defaults, **params}, "budget": budget,
-                        "seed": seed, "base_model": base_identity, "chat_template": recipe_template})
+                        "source": spec.source_hash, "params": merged, "files": file_fingerprints(merged),
+                        "budget": budget, "seed": seed, "base_model": base_identity, "chat_template": recipe_template})
+
+
+def file_fingerprints(params: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every parameter that names an existing file (a submission, target texts), so an edited file
+    never reuses a stale selection."""
+    out = {}
+    for k, v in params.items():
+        for i, item in enumerate(v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(item, str) and item and len(item) < 4096:
+                p = Path(item).expanduser()
+                if p.is_file():
+                    out[f"{k}[{i}]"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
 
 
 def signal_report(signals) -> dict[str, list[str]]:
@@ -116,7 +156,8 @@ def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionCo
     """Run the method unless a selection for the same inputs is cached; returns the selection and its metadata."""
     hit = ctx.cache.get_json("selections", key)
     if hit is not None:
-        sel = Selection(hit["ids"], hit.get("scores"), hit.get("notes", []), hit.get("extras", {}))
+        sel = Selection(hit["ids"], hit.get("scores"), hit.get("notes", []), hit.get("extras", {}),
+                        hit.get("replacements"))
         return sel, {**hit["meta"], "cached": True}
     cpu0 = time.process_time()
     sel, wall = run_selection(spec, pool, budget, ctx, params)
@@ -125,5 +166,5 @@ def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionCo
             "device": str(getattr(ctx.base_model, "device", "cpu")), "signals": signal_report(ctx.signals),
             "stats": ctx.stats}
     ctx.cache.put_json("selections", key, {"ids": sel.ids, "scores": sel.scores, "notes": sel.notes,
-                                           "extras": sel.extras, "meta": meta})
+                                           "extras": sel.extras, "replacements": sel.replacements, "meta": meta})
     return sel, {**meta, "cached": False}

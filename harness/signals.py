@@ -21,6 +21,12 @@ Templates for the prompt/response split (``template``):
 * ``"none"``: Superfiltering's plain format: ``instruction\\n`` (+ ``input\\n``), the output directly after it,
   tokenised with the tokenizer's own special tokens. Direct = the output alone after BOS if the tokenizer adds
   one; with no BOS (GPT-2) its first token is unscored, as in Superfiltering.
+* ``"cherry"``: Cherry_LLM's Alpaca prompt, direct = ``### Response:`` + output, with Cherry's own truncation
+  (:func:`cherry_pair`; the truncation paragraph below is about the other two).
+
+Engines (``engine``, the protocol's setting): transformers forwards as above, or vLLM prompt logprobs
+(``max_tokens=1, prompt_logprobs=0``) on the same token IDs, within 1e-3 of the fp32 forward
+(tests/test_vllm_engine.py); loss cache keys name the engine used. Hidden-state embeddings always use transformers.
 
 Truncation (both templates): the conditioned sequence is cut to ``max_len`` tokens from the right; the direct
 sequence scores the same number of response tokens as the conditioned one (Cherry truncates the direct text to
@@ -42,12 +48,13 @@ import numpy as np
 from .cache import ArtifactCache, atomic_open, stable_hash
 from .formatting import encode, prompt_and_response_ids, render
 from .models import BaseModelHandle, resolve_base_model
+from .vllm_engine import resolve_engine
 
 log = logging.getLogger(__name__)
 
 SIGNALS_VERSION = 1
 MINILM = "all-MiniLM-L6-v2"
-TEMPLATES = ("chat", "none")
+TEMPLATES = ("chat", "none", "cherry")
 
 Pair = tuple[Sequence[int], Sequence[int]]  # (context token IDs, target token IDs)
 
@@ -68,6 +75,33 @@ def conversation_pair(tok, messages: Sequence[dict[str, str]]) -> tuple[list[int
     if full[: len(head)] != head:  # a template that re-renders earlier turns differently: fall back to concat
         return head, encode(tok, messages[-1]["content"])
     return head, full[len(head):]
+
+
+# ---- template "cherry": Cherry_LLM @01fac8d ``data_analysis.py --prompt alpaca --mod cherry`` (the Stanford Alpaca
+# prompt); the "chat" and "none" templates are in SignalCache._pairs.
+ALPACA_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                 "request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+ALPACA_PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                       "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                       "{instruction}\n\n### Input:\n{input}\n\n### Response:")
+CHERRY_DIRECT_PREFIX = "### Response:"
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:
+    return (ALPACA_PROMPT_INPUT if input else ALPACA_PROMPT).format(instruction=instruction, input=input)
+
+
+def cherry_pair(tok, e, conditioned: bool, max_len: int) -> tuple[list[int], list[int]]:
+    """(context, target) token IDs as Cherry scores them: text = prefix + output (prefix = the Alpaca prompt, or
+    ``### Response:`` for the direct score), tokenised with special tokens and truncated to ``max_len`` (direct:
+    ``max_len - instruct_len + 4``, ``instruct_len`` = the prompt's token count capped at ``max_len``); the target is
+    the tokens from ``len(tokenize(prefix))`` on, so it is empty when truncation leaves none."""
+    prompt = alpaca_prompt(e.instruction, e.input)
+    instruct_len = len(tok(prompt, truncation=True, max_length=max_len)["input_ids"])
+    prefix, limit = (prompt, max_len) if conditioned else (CHERRY_DIRECT_PREFIX, max_len - instruct_len + 4)
+    ids = list(tok(prefix + e.output, truncation=True, max_length=limit)["input_ids"])
+    start = len(tok(prefix)["input_ids"])
+    return ids[:start], ids[start:]
 
 
 def example_texts(pool, fields: str) -> list[str]:
@@ -110,8 +144,9 @@ def _ids_digest(pairs: Sequence[Pair]) -> str:
 
 class SignalCache:
     def __init__(self, cache: ArtifactCache, base_model: BaseModelHandle | None, *, batch_size: int = 8,
-                 max_len: int = 512, progress: bool = True):
+                 max_len: int = 512, progress: bool = True, engine: str = "transformers"):
         self.cache = cache
+        self.engine = engine  # for loss signals: "auto" | "transformers" | "vllm"; the board passes its protocol's
         self.base_model = base_model
         self.batch_size = batch_size
         self.max_len = max_len
@@ -182,6 +217,10 @@ class SignalCache:
             self._handles[ck] = h
         return self._handles[ck]
 
+    @property
+    def resolved_engine(self) -> str:
+        return resolve_engine(self.engine)
+
     def _model_key(self, h: BaseModelHandle) -> dict[str, Any]:
         return {"model": h.identity, "dtype": h.dtype, "chat_template": h.chat_template}
 
@@ -189,6 +228,8 @@ class SignalCache:
     def _pairs(self, pool, h: BaseModelHandle, conditioned: bool, template: str) -> list[Pair]:
         if template not in TEMPLATES:
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        if template == "cherry":  # Cherry_LLM's own format and truncation: see cherry_pair
+            return [cherry_pair(h.tokenizer, e, conditioned, self.max_len) for e in pool]
         tok = h.tokenizer
         cond: list[tuple[list[int], list[int]]] = []
         for e in pool:
@@ -226,11 +267,6 @@ class SignalCache:
         """Per-token NLL of each target after its context. ``truncation="right"`` cuts the sequence to
         ``max_len`` from the end (target tokens past it unscored); ``"left"`` drops context tokens from the start
         so that the whole target (up to ``max_len - 1`` tokens) is scored."""
-        import torch
-        import torch.nn.functional as F
-
-        model, tok = h.model, h.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         seqs, spans = [], []
         for ctx, tgt in pairs:
             ctx, tgt = list(ctx), list(tgt)
@@ -242,6 +278,13 @@ class SignalCache:
             seqs.append(seq)
             spans.append((start, max(start, len(seq))))
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(seqs)
+        if self.resolved_engine == "vllm":
+            return self._vllm_losses(h, seqs, spans, out, desc)
+        import torch
+        import torch.nn.functional as F
+
+        model, tok = h.model, h.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         order = sorted((i for i in range(len(seqs)) if spans[i][1] > spans[i][0]), key=lambda i: -len(seqs[i]))
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         use_keep = True
@@ -265,6 +308,23 @@ class SignalCache:
                     out[i] = nll.cpu().numpy().astype(np.float32)
         return out
 
+    def _vllm_losses(self, h: BaseModelHandle, seqs: list[list[int]], spans: list[tuple[int, int]],
+                     out: list[np.ndarray], desc: str) -> list[np.ndarray]:
+        """The same per-token NLL from vLLM's prompt logprobs (one engine for the whole computation)."""
+        from .vllm_engine import VllmEngine, merged_model_dir
+
+        todo = [i for i in range(len(seqs)) if spans[i][1] > spans[i][0]]
+        if not todo:
+            return out
+        log.info("%s: %d sequences through vLLM prompt logprobs", desc, len(todo))
+        path = merged_model_dir(h.path, h.adapter, h.dtype, h.identity, self.cache) if h.adapter else h.path
+        with VllmEngine(path, h.dtype, max_model_len=self.max_len + 1, cache_root=self.cache.root) as engine:
+            logprobs = engine.prompt_logprobs([seqs[i] for i in todo], use_tqdm=self.progress)
+        for i, lp in zip(todo, logprobs):
+            s, e = spans[i]
+            out[i] = -np.asarray(lp[s - 1: e - 1], dtype=np.float32)  # lp[j] scores token j + 1
+        return out
+
     @staticmethod
     def _pack(losses: list[np.ndarray]) -> dict[str, np.ndarray]:
         lens = np.array([len(x) for x in losses], dtype=np.int64)
@@ -285,7 +345,7 @@ class SignalCache:
             raise ValueError("truncation must be 'right' or 'left'")
         h = self._handle(model)
         key = {"signal": "pair_token_losses", "pairs": _ids_digest(pairs), "n": len(pairs), **self._model_key(h),
-               "max_len": self.max_len, "truncation": truncation}
+               "max_len": self.max_len, "truncation": truncation, "engine": self.resolved_engine}
         arrays = self._cached(name, key, lambda: self._pack(
             self._compute_pair_losses(h, pairs, truncation, f"signals: {name}")))
         return self._unpack(arrays)
@@ -296,7 +356,7 @@ class SignalCache:
         h = self._handle(model)
         label = f"token_losses[{'cond' if conditioned else 'direct'},{template}]"
         key = {"signal": "token_losses", "ids": pool.hash, "conditioned": conditioned, "template": template,
-               **self._model_key(h), "max_len": self.max_len}
+               **self._model_key(h), "max_len": self.max_len, "engine": self.resolved_engine}
         arrays = self._cached(label, key, lambda: self._pack(self._compute_pair_losses(
             h, self._pairs(pool, h, conditioned, template), "right", f"signals: {label}")))
         return self._unpack(arrays)

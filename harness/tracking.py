@@ -1,4 +1,5 @@
-"""wandb: one run per cell (project from the protocol, group = board + refresh, job_type = stage).
+"""wandb: one run per cell (project from the protocol, group = board + refresh, job_type = stage), and one
+summary run per refresh (job_type ``leaderboard``) with the leaderboard's tables and figures.
 
 Offline by default: runs are written under ``<root>/.cache/wandb`` and uploaded later with ``wandb sync``.
 ``WANDB_MODE`` in the environment overrides the protocol (``online`` to stream). Only the *name* of the judge's
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -85,22 +87,100 @@ def log_cell(*, protocol, run_name: str, group: str, job_type: str, wandb_dir: P
     return info
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+def _loggable(df):
+    """A DataFrame wandb.Table accepts: one type per column (budgets and marks as text, numbers as floats)."""
+    import math
+
+    df = df.copy()
+    for c in df.columns:
+        if c == "budget":
+            df[c] = [("" if b is None or b == "" or (isinstance(b, float) and math.isnan(b)) else str(int(b)))
+                     for b in df[c]]
+        elif df[c].dtype == object:
+            df[c] = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in df[c]]
+    return df.reset_index(drop=True)
+
+
+def log_leaderboard(*, protocol, board: str, group: str, wandb_dir: Path, leaderboard: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """One summary run per refresh (job_type ``leaderboard``, the refresh's group): the leaderboard table, the
+    paired comparisons (long format, one row per row x budget x metric x baseline), the noise floor per metric and
+    the figures of ``leaderboard.html``. ``leaderboard`` is what :func:`selbench.leaderboard.build_leaderboard`
+    returned. Returns the run's ``{"run_id", "project", "group", "mode", "dir"}``; nothing when wandb is disabled."""
+    cfg = protocol.tracking.wandb
+    mode = os.environ.get("WANDB_MODE", cfg.mode)
+    if mode == "disabled":
+        return {}
+    import pandas as pd
+    import wandb
+
+    from .stats import NoiseFloor
+
+    floors = leaderboard.get("noise_floor") or {}
+    tables = {"leaderboard/table": leaderboard["table"],
+              "leaderboard/comparisons": pd.DataFrame([c.as_dict() for c in leaderboard.get("comparisons") or []]),
+              "leaderboard/noise_floor": pd.DataFrame([{"metric": m, **f, "sentence": NoiseFloor(**f).sentence()}
+                                                       for m, f in floors.items()])}
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=cfg.project, entity=cfg.entity, group=group, job_type="leaderboard",
+                     name=f"{board}/leaderboard", dir=str(wandb_dir), mode=mode, reinit="create_new",
+                     config=_scrub({"board": board, "protocol_hash": protocol.hash,
+                                    "records": leaderboard.get("records"), "stale": leaderboard.get("stale")}),
+                     settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
+    try:
+        logged = {name: wandb.Table(dataframe=_loggable(df)) for name, df in tables.items() if not df.empty}
+        logged.update({f"leaderboard/figures/{name}": wandb.Plotly(fig)
+                       for name, fig in (leaderboard.get("figures") or {}).items()})
+        if logged:
+            run.log(logged)
+        run.summary.update({f"noise_floor/{m}/{k}": v for m, f in floors.items() for k, v in f.items()
+                            if v is not None})
+        info = {"run_id": run.id, "project": cfg.project, "group": group, "mode": mode}
+        run_dir = Path(run.dir).parent if run.dir else None
+    finally:
+        run.finish()
+    if run_dir is not None:
+        try:
+            info["dir"] = str(run_dir.relative_to(wandb_dir.parent))
+        except ValueError:
+            info["dir"] = str(run_dir)
+    return info
+
+
+def read_offline_run(run_dir: str | Path, wait_s: float = 10.0) -> dict[str, Any]:
     """Read an offline run's ``run-<id>.wandb`` record log back: run info, config, summary, history, artifacts.
 
     The file is a leveldb-style log (32 KiB blocks of CRC-framed chunks) of protobuf ``Record`` messages; wandb
-    ships no public reader for it, and tests and ``selbench`` use this to check what a cell logged.
+    ships no public reader for it, and tests and ``selbench`` use this to check what a cell logged. wandb's service
+    may still be writing the log for a moment after ``run.finish()`` returns: until the run's exit record is in
+    it, the log is read again for up to ``wait_s`` seconds.
     """
-    from wandb.proto import wandb_internal_pb2 as pb
-
     run_dir = Path(run_dir)
     files = list(run_dir.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
-    data = files[0].read_bytes()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            out = _read_record_log(files[0])
+        except ValueError:  # a chunk half written
+            if time.monotonic() >= deadline:
+                raise
+            out = {}
+        if "exit_code" in out or time.monotonic() >= deadline:
+            return out
+        time.sleep(0.1)
+
+
+def _read_record_log(path: Path) -> dict[str, Any]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    if len(data) < 7:
+        raise ValueError(f"{path}: no header yet")
     magic, ver, _ = struct.unpack("<4sHB", data[:7])
     if magic != b":W&B" or ver != 0xBEE1:
-        raise ValueError(f"{files[0]}: not a wandb record log")
+        raise ValueError(f"{path}: not a wandb record log")
     out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "artifacts": [], "run": {}}
     block, pos, chunks = 32768, 7, b""
     while pos + 7 <= len(data):
@@ -114,7 +194,7 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         if rtype == 0 and length == 0:
             continue
         if zlib.crc32(payload, zlib.crc32(bytes([rtype]))) & 0xFFFFFFFF != crc:
-            raise ValueError(f"{files[0]}: CRC mismatch at byte {pos}")
+            raise ValueError(f"{path}: CRC mismatch at byte {pos}")
         chunks = payload if rtype in (1, 2) else chunks + payload
         if rtype not in (1, 4):
             continue

@@ -21,8 +21,9 @@ Mapping to the benchmark (documented choices):
 * Embeddings: ``ctx.signals.hidden_state_embeddings(pool, model=<fine-tuned handle>, pooling="mean")`` renders
   the conversation with the protocol's chat template (upstream: the Alpaca prompt + output + EOS), truncated at
   the signal cache's ``max_len`` (upstream: 512). Whitening is off, as upstream's default.
-* Distances come from :func:`methods.kcenter.kcenter_greedy` (direct differences, no Gram-trick NaNs, which in
-  upstream's ``sqrt(sq + sq^T - 2G)`` can make ``argmax`` favour NaN), ties to the lowest index.
+* Picks come from :func:`methods.kcenter.kcenter_greedy`: those of exact float64 distances, ties to the lowest
+  index (its float32 Gram-form scan is error-bounded; upstream's ``sqrt(sq + sq^T - 2G)`` can make ``argmax``
+  favour NaN).
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ def _train_round(ctx, pool, ids: list[str], recipe) -> BaseModelHandle:
                              "rounds' selection.",
                  citation="Wu et al. 2023, Self-Evolved Diverse Data Sampling for Efficient Instruction Tuning "
                           "(arXiv 2311.08182)",
-                 reference="OFA-Sys/DiverseEvol @a22e952 evol_schedules/kcenter_sampling.py",
-                 rounds=3, sizes=None, pooling="mean")
+                 reference="OFA-Sys/DiverseEvol @a22e952 evol_schedules/kcenter_sampling.py")
 def select_diverseevol(pool, budget, ctx, rounds=3, sizes=None, pooling="mean"):
     if budget == 0:
         return Selection([])

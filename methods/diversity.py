@@ -139,9 +139,7 @@ def select_mtld(pool, budget, threshold):
                           "MTLD (Behavior Research Methods 42(2)), an InstructMining indicator (arXiv 2307.06290)",
                  reference="vendi: vertaix/Vendi-Score @c791c30 vendi.score_K (q=1), stochastic greedy "
                            "(Mirzasoleiman et al. 2015), greedy selector ours; mtld: paper, no reference "
-                           "selection code",
-                 variant="vendi", eps=0.01, model_name="all-MiniLM-L6-v2", fields="instruction+input+output",
-                 threshold=0.72)
+                           "selection code")
 def select_diversity(pool, budget, ctx, variant="vendi", eps=0.01, model_name="all-MiniLM-L6-v2",
                      fields="instruction+input+output", threshold=0.72):
     if variant == "vendi":

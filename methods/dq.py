@@ -82,8 +82,7 @@ def dq_sample(bins: list[np.ndarray], leftover: np.ndarray, budget: int, rng: np
 @register_method("dq", family="small-model", aspect="diversity",
                  description="Dataset Quantization: GraphCut bins over sentence embeddings, uniform draws per bin.",
                  citation="Zhou et al. 2023, Dataset Quantization (ICCV 2023, arXiv 2308.10524)",
-                 reference="magic-research/Dataset_Quantization @24a2a77 alpaca_sample.py (GraphCut, NaiveGreedy)",
-                 bins=10, lam=1.0, model_name="all-MiniLM-L6-v2", fields="instruction+input+output")
+                 reference="magic-research/Dataset_Quantization @24a2a77 alpaca_sample.py (GraphCut, NaiveGreedy)")
 def select_dq(pool, budget, ctx, bins=10, lam=1.0, model_name="all-MiniLM-L6-v2",
               fields="instruction+input+output"):
     if budget == 0:

@@ -4,8 +4,10 @@ arXiv 2302.03169).
 Reference followed: the hashed n-gram variant of p-lambda/dsir @4802a1c (= PyPI ``data-selection`` 1.0.3,
 ``data_selection/hashed_ngram_dsir.py`` and ``base.py``):
 
-* features: the text is lowercased and split with NLTK's ``WordPunctTokenizer`` (regex ``\\w+|[^\\w\\s]+``);
-  every unigram and every space-joined bigram is hashed with ``sha256(utf-8) % num_buckets`` into a count vector;
+* features: the text is lowercased and split exactly as NLTK's ``WordPunctTokenizer`` (``\\w+|[^\\w\\s]+``),
+  compiled, as NLTK >= 3.10.3 does (``nltk.redos``), with the ``regex`` engine, which splits ``²``, ``₂`` or
+  U+FE0F off a word where Python's ``re`` does not (NLTK <= 3.10.2 used ``re``); every unigram and every
+  space-joined bigram is hashed with ``sha256(utf-8) % num_buckets`` into a count vector;
 * raw distribution = normalised bucket counts over the pool (the reference fits on the first
   ``100000 * num_buckets`` tokens, i.e. the whole pool at any instruction-pool size); target distribution =
   normalised counts over all target texts, plus an optional Laplace pseudo-count (default 0, as upstream);
@@ -27,10 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
+import regex
 
 from selbench.paths import data_dir
 from selbench.registry import register_method
@@ -41,7 +43,7 @@ DEFAULT_TARGETS = ("open_ended/vicuna80/question.jsonl", "open_ended/koala/koala
                    "open_ended/wizardlm/WizardLM_testset.jsonl",
                    "open_ended/self_instruct_252/user_oriented_instructions.jsonl",
                    "open_ended/lima/lima_test_set.jsonl")
-_WORDPUNCT = re.compile(r"\w+|[^\w\s]+")  # nltk.tokenize.WordPunctTokenizer's pattern
+_WORDPUNCT = regex.compile(r"\w+|[^\w\s]+", regex.UNICODE | regex.MULTILINE | regex.DOTALL)  # NLTK's flags
 _PROMPT_KEYS = ("text", "prompt", "instruction", "Instruction", "question", "conversations", "turns")
 
 
@@ -115,9 +117,7 @@ def read_target_texts(files) -> list[str]:
                              "features (seeded Gumbel top-k).",
                  citation="Xie et al. 2023, Data Selection for Language Models via Importance Resampling "
                           "(NeurIPS 2023, arXiv 2302.03169)",
-                 reference="p-lambda/dsir @4802a1c (PyPI data-selection 1.0.3), HashedNgramDSIR",
-                 num_buckets=10000, target_files=None, fields="instruction+input", min_example_length=0,
-                 laplace=0.0, top_k=False)
+                 reference="p-lambda/dsir @4802a1c (PyPI data-selection 1.0.3), HashedNgramDSIR")
 def select_dsir(pool, budget, ctx, num_buckets=10000, target_files=None, fields="instruction+input",
                 min_example_length=0, laplace=0.0, top_k=False):
     files = list(target_files or DEFAULT_TARGETS)

@@ -56,8 +56,7 @@ def _zscore(x: np.ndarray) -> np.ndarray:
                  description="InstructMining linear rule (LLaMA-2 fit) over reward, length and kNN-6 distance; "
                              "lowest predicted eval loss kept. Reward model replaced by a substitute.",
                  citation="Cao et al. 2023, Instruction Mining (arXiv 2307.06290)",
-                 reference="paper rule 1.0694 - 0.1498 Rew + 8.257e-5 Len - 0.9350 Knn6 (no official code)",
-                 reward_substitute="neg_ppl_z", knn=6)
+                 reference="paper rule 1.0694 - 0.1498 Rew + 8.257e-5 Len - 0.9350 Knn6 (no official code)")
 def select_instructmining(pool, budget, ctx, reward_substitute="neg_ppl_z", knn=6):
     if reward_substitute not in SUBSTITUTES:
         raise ValueError(f"instructmining: reward_substitute must be one of {SUBSTITUTES}")

@@ -57,8 +57,7 @@ def _turns(e) -> list[dict[str, str]]:
                  description="Nuggets golden score: share of anchor tasks whose response log-likelihood improves "
                              "with the candidate as a one-shot demonstration.",
                  citation="Li et al. 2023, One Shot Learning as Instruction Data Prospector (arXiv 2312.10302)",
-                 reference="pldlgb/nuggets @c7e429f (golden score, kv_iter=1), demo concatenated not KV-injected",
-                 anchors=8)
+                 reference="pldlgb/nuggets @c7e429f (golden score, kv_iter=1), demo concatenated not KV-injected")
 def select_nuggets(pool, budget, ctx, anchors=8):
     sig = ctx.signals
     tok = (sig.base_model or ctx.base_model).tokenizer

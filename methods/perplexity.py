@@ -28,8 +28,7 @@ VARIANTS = ("top", "middle", "bottom")
                  description="Response perplexity under the base model: top, middle or bottom of the ranking.",
                  citation="Kung et al. 2023, Active Instruction Tuning (arXiv 2311.00288); Marion et al. 2023, "
                           "When Less is More (arXiv 2309.04564)",
-                 reference="paper formula (exp of mean response NLL), no reference script",
-                 variant="middle", template="chat")
+                 reference="paper formula (exp of mean response NLL), no reference script")
 def select_perplexity(pool, budget, ctx, variant="middle", template="chat"):
     if variant not in VARIANTS:
         raise ValueError(f"perplexity: variant must be one of {VARIANTS}, got {variant!r}")

@@ -39,8 +39,7 @@ def perturb(text: str, rng: np.random.Generator, drop_prob: float) -> str:
                  description="Active-IT prompt uncertainty per example: mean |p_perturbed - p_original| of the "
                              "response likelihood under random word drops of the instruction; highest kept.",
                  citation="Kung et al. 2023, Active Instruction Tuning (EMNLP 2023, arXiv 2311.00288)",
-                 reference="PlusLabNLP/Active-IT @5807f2b (prompt uncertainty, Mean-abs, drop 0.2), per example",
-                 k=10, drop_prob=0.2)
+                 reference="PlusLabNLP/Active-IT @5807f2b (prompt uncertainty, Mean-abs, drop 0.2), per example")
 def select_prompt_uncertainty(pool, budget, ctx, k=10, drop_prob=0.2):
     tok = (ctx.signals.base_model or ctx.base_model).tokenizer
     p0 = np.exp(-ctx.signals.response_losses(pool, conditioned=True, template="chat"))

@@ -34,8 +34,7 @@ from selbench.methods.ifd import select_by_ifd
                  description="Superfiltering: IFD (perplexity ratio) from a small proxy model, score >= 1 dropped, "
                              "highest kept.",
                  citation="Li et al. 2024, Superfiltering (ACL 2024, arXiv 2402.00530)",
-                 reference="tianyi-lab/Superfiltering @f0764af code_ifd (ifd_ppl, template 'none')",
-                 proxy_model=None, template="none", score="ppl_ratio", threshold=1.0)
+                 reference="tianyi-lab/Superfiltering @f0764af code_ifd (ifd_ppl, template 'none')")
 def select_superfilter(pool, budget, ctx, proxy_model=None, template="none", score="ppl_ratio", threshold=1.0):
     if score not in ("ppl_ratio", "loss_ratio"):
         raise ValueError(f"superfilter: score must be 'ppl_ratio' or 'loss_ratio', got {score!r}")

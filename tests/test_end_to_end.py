@@ -96,6 +96,11 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     assert run["summary"]["selection/sample/_type"] == "table-file"
     assert run["summary"]["selection/sample/nrows"] == 8
     assert any("train/loss" in h for h in run["history"])
+    # One leaderboard summary run per refresh, in the refresh's group, with the leaderboard's tables and page.
+    board_run = read_offline_run(ws.root / s.leaderboard["wandb"]["dir"])
+    assert board_run["run"]["job_type"] == "leaderboard" and board_run["run"]["group"] == run["run"]["group"]
+    assert board_run["summary"]["leaderboard/table/nrows"] == 5
+    assert (ws.leaderboards / "tiny" / "leaderboard.html").is_file()
 
     # A second refresh with nothing changed computes nothing and touches no file.
     before = snapshot(ws.root)

@@ -33,7 +33,8 @@ def test_leaderboard_means_spread_reference_rows_and_stale_records(tmp_path):
 
     out = build_leaderboard(res, board, "b", protocol)
     t = out["table"]
-    assert out["records"] == 4 and out["stale"] == 1 and set(out["changed"]) == {"LEADERBOARD.md", "leaderboard.csv"}
+    assert out["records"] == 4 and out["stale"] == 1
+    assert set(out["changed"]) == {"LEADERBOARD.md", "leaderboard.csv", "leaderboard.html"}
     assert list(t["method"]) == ["base", "random", "zeta"]  # reference rows first
     r = t[t["method"] == "random"].iloc[0]
     assert abs(r["lm_eval/arc_easy_local/acc"] - 0.5) < 1e-9 and r["seeds"] == 2

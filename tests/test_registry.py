@@ -30,8 +30,8 @@ def test_plugin_file_registers_a_method_and_runs(tmp_path, pool):
         from selbench.registry import register_method
 
         @register_method("every_other", family="small-model", aspect="diversity",
-                         description="Every second example.", citation="none", stride=2)
-        def every_other(pool, budget, ctx, stride):
+                         description="Every second example.", citation="none")
+        def every_other(pool, budget, ctx, stride=2):
             return pool.ids[::stride][:budget]
     '''))
     registry.load_plugin_file(plugin)
@@ -86,3 +86,15 @@ def test_random_is_seeded_and_longest_prefers_long_responses(tmp_path, pool, smo
     assert run_selection(rnd, pool, 5, ctx(1))[0].ids != run_selection(rnd, pool, 5, ctx(2))[0].ids
     sel, _ = run_selection(registry.get_method("longest"), pool, 5, ctx(0))
     assert sel.ids == pool.ids[::-1][:5]
+
+
+def test_method_parameters_come_from_the_signature_and_are_validated():
+    spec = registry.get_method("ifd")
+    assert spec.defaults == {"template": "chat", "threshold": 1.0, "variant": "chat"}
+    registry.validate_params(spec, {"threshold": 1, "template": "none"})  # an int is fine for a float
+    with pytest.raises(registry.RegistryError, match="'ifd' has no parameter 'treshold'"):
+        registry.validate_params(spec, {"treshold": 0.9}, "board.yaml: methods[3]")
+    with pytest.raises(registry.RegistryError, match="parameter 'threshold' must be float"):
+        registry.validate_params(spec, {"threshold": "high"})
+    with pytest.raises(registry.RegistryError, match="parameter 'k' must be int"):
+        registry.validate_params(registry.get_method("prompt_uncertainty"), {"k": True})

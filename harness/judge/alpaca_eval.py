@@ -5,7 +5,8 @@ The annotator config is written at run time under the cache: our own prompt temp
 (``harness/templates/alpaca_eval_judge.txt``), a text ``regex_parser`` on ``[[1]]``/``[[2]]`` (servers such as
 ``transformers serve`` return no logprobs), and a client config whose client class reads the API key from the
 environment, so no key is ever written. alpaca_eval judges each pair once in a deterministic random order.
-Unparseable verdicts are dropped by alpaca_eval and counted here as errors (no re-ask on this path).
+Unparseable verdicts are dropped by alpaca_eval and counted here as errors (no re-ask on this path). A judge with
+structured outputs (the local vLLM server) is constrained to answer ``[[1]]`` or ``[[2]]``; ``info`` says so.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..cache import atomic_write_text, stable_hash
 from ..evaluate import EvalResult, Metric, register_evaluator
 from ..generate import Decoding, generate
+from ..vllm_engine import engine_setting, resolve_engine
 from .common import open_ended_dir, parse_section
 
 log = logging.getLogger(__name__)
@@ -58,17 +60,24 @@ def reference_outputs(ctx, s: AlpacaEvalSettings) -> list[dict[str, Any]]:
     return rows[: s.max_instances]
 
 
+def verdict_constraint(judge) -> dict[str, Any] | None:
+    """The template's verdict, ``[[1]]`` or ``[[2]]``, forced where the judge supports structured outputs."""
+    return judge.constraint({"choice": ["[[1]]", "[[2]]"]})
+
+
 def write_annotator_config(judge, s: AlpacaEvalSettings, cache) -> tuple[str, Any]:
     """(annotator name, path of configs.yaml) for this judge; nothing secret is written."""
-    template = resources.files("harness").joinpath("templates/alpaca_eval_judge.txt").read_text("utf-8")
+    template = resources.files("selbench").joinpath("templates/alpaca_eval_judge.txt").read_text("utf-8")
+    constraint = verdict_constraint(judge)
     key = stable_hash({"judge": judge.identity, "template": template, "max_tokens": s.judge_max_tokens,
-                       "temperature": judge.temperature})
+                       "temperature": judge.temperature, **({"constraint": constraint} if constraint else {})})
     name = f"selbench_{key}"
     root = cache.path("alpaca_eval", key)
     client_cfg = {"default": [{"client_class": f"{__name__}.JudgeOpenAI", "base_url": judge.base_url,
                                "api_key_env": judge.api_key_env,
                                "max_retries": judge.max_retries, "timeout": judge.timeout_s}]}
-    extra = {"extra_body": judge.extra_body} if judge.extra_body else {}
+    body = {**(judge.extra_body or {}), **({"structured_outputs": constraint} if constraint else {})}
+    extra = {"extra_body": body} if body else {}
     annotator = {name: {
         "prompt_template": f"{name}/template.txt",
         "fn_completions": "openai_completions",
@@ -137,14 +146,16 @@ def _float_preference_annotator():
     return FloatPreferenceAnnotator
 
 
-@register_evaluator("alpaca_eval", needs_judge=True, version="3")
+@register_evaluator("alpaca_eval", needs_judge=True, version="4", settings=AlpacaEvalSettings,
+                    headline=("win_rate", "lc_win_rate"))
 def alpaca_eval(model, spec, ctx) -> EvalResult:
     import pandas as pd
     from alpaca_eval.metrics import get_winrate
 
     s = parse_section(AlpacaEvalSettings, spec, "alpaca_eval")
     refs = reference_outputs(ctx, s)
-    dec = Decoding(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=ctx.seed)
+    dec = Decoding(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=ctx.seed,
+                   engine=engine_setting(ctx.protocol))
     answers = [a[0] for a in generate(model, [[r["instruction"]] for r in refs], dec, ctx.cache, desc="AlpacaEval")]
     ours = [{"instruction": r["instruction"], "output": a, "generator": model.name, "dataset": r.get("dataset")}
             for r, a in zip(refs, answers)]
@@ -160,7 +171,8 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
     n_err = len(refs) - len(ok)
     metrics: dict[str, Metric] = {}
     info: dict[str, Any] = {"reference": s.reference, "annotator": name, "judge": judge.identity,
-                            "n_instructions": len(refs)}
+                            "n_instructions": len(refs), "engine": resolve_engine(dec.engine),
+                            "verdict_constraint": verdict_constraint(judge)}
     if len(ok):
         wr = get_winrate(ok)
         metrics["win_rate"] = Metric(float(wr["win_rate"]), _num(wr.get("standard_error")))
@@ -171,7 +183,10 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
     details = []
     for r, o in zip(refs, ours):
         a = by_instr.get(r["instruction"], {})
-        details.append({"instruction": r["instruction"], "dataset": r.get("dataset"), "output": o["output"],
+        pref = _num(a.get("preference"))
+        details.append({"item": stable_hash(r["instruction"])[:16],
+                        "scores": {"win_rate": 100.0 * (pref - 1)} if pref is not None else {},
+                        "instruction": r["instruction"], "dataset": r.get("dataset"), "output": o["output"],
                         "reference_output": r["output"], "preference": _num(a.get("preference")),
                         "judgment": a.get(annotator.completion_key)})
     counts = {"instructions": len(refs), "judgments": len(refs), "annotated": len(ok), "errors": n_err,

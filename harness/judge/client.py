@@ -7,6 +7,10 @@ that the caller's ``parse`` rejects is re-asked up to ``max_parse_retries`` time
 only repeat the same unparseable text. After that the judgment is an *error verdict* that callers count as an error,
 never as a tie. The API key is only ever read from the environment into the HTTP client; it is not part of any cache
 key, cache file, ledger or log line.
+
+Structured outputs: a caller may pass a ``constraint`` for its verdict format (vLLM's ``structured_outputs``,
+e.g. ``{"regex": ...}`` or ``{"choice": [...]}``). It is sent, and is part of the judgment's cache key, only when
+the client's ``structured_outputs`` is on (the local vLLM judge); other servers get the plain request.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class JudgeClient:
     max_tokens: int = 512
     backoff_s: float = 1.0  # first retry delay; doubles each retry
     extra_body: dict[str, Any] | None = None
+    structured_outputs: bool = False  # the server honours vLLM's extra_body["structured_outputs"]
     ledger: Ledger = field(default_factory=Ledger)
     server_log: Any = None  # path of a local server's log, for diagnostics
 
@@ -102,18 +107,25 @@ class JudgeClient:
                 for k, v in inc.items():
                     setattr(lg, k, getattr(lg, k) + v)
 
-    def _params(self, attempt: int, max_tokens: int | None) -> dict[str, Any]:
-        p = {"temperature": self.temperature, "max_tokens": max_tokens or self.max_tokens}
+    def constraint(self, constraint: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The constraint this judge will apply: ``constraint`` if the server supports it, else None."""
+        return constraint if self.structured_outputs else None
+
+    def _params(self, attempt: int, max_tokens: int | None, constraint: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        p: dict[str, Any] = {"temperature": self.temperature, "max_tokens": max_tokens or self.max_tokens}
         if attempt > 0:
             p["seed"] = attempt
             p["temperature"] = self.temperature or RETRY_TEMPERATURE
+        if self.constraint(constraint):
+            p["extra_body"] = {"structured_outputs": constraint}
         return p
 
     def complete(self, messages: Messages, attempt: int = 0, max_tokens: int | None = None,
-                 ledgers: Sequence[Ledger] = ()) -> str:
+                 ledgers: Sequence[Ledger] = (), constraint: dict[str, Any] | None = None) -> str:
         """The judge's text for ``messages`` (cached). Raises after ``max_retries`` failed transport retries."""
         ledgers = (self.ledger, *ledgers)
-        params = self._params(attempt, max_tokens)
+        params = self._params(attempt, max_tokens, constraint)
         key = stable_hash({"judge": self.identity, "messages": messages, "params": params})
         if self.cache is not None:
             hit = self.cache.get_json("judgments", key)
@@ -129,13 +141,15 @@ class JudgeClient:
     def _request(self, messages: Messages, params: dict[str, Any], ledgers) -> tuple[str, tuple[int, int]]:
         import openai
 
+        params = dict(params)
+        body = {**(self.extra_body or {}), **params.pop("extra_body", {})} or None
         for i in range(self.max_retries + 1):
             if self._closed:  # the evaluation was aborted: don't keep retrying against a stopped server
                 raise RuntimeError("judge client closed")
             self._count(ledgers, calls=1)
             try:
                 r = self._client.chat.completions.create(model=self.model, messages=messages,
-                                                         extra_body=self.extra_body, **params)
+                                                         extra_body=body, **params)
                 text = r.choices[0].message.content or ""
                 usage = (r.usage.prompt_tokens, r.usage.completion_tokens) if r.usage else (0, 0)
                 return text, usage
@@ -152,15 +166,16 @@ class JudgeClient:
 
     # -- judgments -----------------------------------------------------------------------------------------------
     def judge(self, messages: Messages, parse: Callable[[str], Any] | None = None, ledger: Ledger | None = None,
-              max_tokens: int | None = None) -> Verdict:
-        """One judgment. ``parse`` returns the verdict, or None / raises ValueError when the text is unusable."""
+              max_tokens: int | None = None, constraint: dict[str, Any] | None = None) -> Verdict:
+        """One judgment. ``parse`` returns the verdict, or None / raises ValueError when the text is unusable.
+        ``constraint``: the verdict format as a structured-output constraint (applied where supported)."""
         ledgers = (ledger,) if ledger is not None else ()
         text = None
         for attempt in range(self.max_parse_retries + 1):
             if attempt:
                 self._count(ledgers + (self.ledger,), parse_retries=1)
             try:
-                text = self.complete(messages, attempt, max_tokens, ledgers)
+                text = self.complete(messages, attempt, max_tokens, ledgers, constraint)
             except Exception as e:  # transport failure after retries: an error verdict, counted
                 self._count(ledgers + (self.ledger,), errors=1)
                 return Verdict(None, text, attempt + 1, f"{type(e).__name__}: {e}")
@@ -176,13 +191,14 @@ class JudgeClient:
         return Verdict(None, text, self.max_parse_retries + 1, "parse")
 
     def judge_many(self, items: Sequence[Messages], parse: Callable[[str], Any] | None = None,
-                   ledger: Ledger | None = None, desc: str = "judging", max_tokens: int | None = None) -> list[Verdict]:
+                   ledger: Ledger | None = None, desc: str = "judging", max_tokens: int | None = None,
+                   constraint: dict[str, Any] | None = None) -> list[Verdict]:
         """Judge every conversation in ``items`` with at most ``max_concurrency`` requests in flight."""
         from tqdm.auto import tqdm
 
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
         try:
-            futures = [pool.submit(self.judge, m, parse, ledger, max_tokens) for m in items]
+            futures = [pool.submit(self.judge, m, parse, ledger, max_tokens, constraint) for m in items]
             pending = set(futures)
             with tqdm(total=len(futures), desc=desc, disable=len(futures) < 2) as bar:
                 while pending:  # a timed wait keeps Ctrl-C responsive (a bare Future.result() is not)

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..evaluate import EvalResult, Metric, register_evaluator
 from ..generate import Decoding, generate
+from ..vllm_engine import engine_setting, resolve_engine
 from .client import Ledger
 from .common import chat, mean_sem, mt_bench_judge_prompts, open_ended_dir, parse_section, read_jsonl
-from .verdicts import rating_or_none
+from .verdicts import rating_constraint, rating_or_none
 
 NEED_REF_CATS = ("math", "reasoning", "coding")
 
@@ -80,7 +81,8 @@ def judge_messages(q: dict, answers: list[str], turn: int, prompts: dict, refs: 
     return chat(p["system_prompt"], p["prompt_template"].format(**kw))
 
 
-@register_evaluator("mt_bench", needs_judge=True)
+@register_evaluator("mt_bench", needs_judge=True, version="2", settings=MTBenchSettings,
+                    headline=("score",))
 def mt_bench(model, spec, ctx) -> EvalResult:
     s = parse_section(MTBenchSettings, spec, "mt_bench")
     root = open_ended_dir(ctx) / "mt_bench"
@@ -90,22 +92,24 @@ def mt_bench(model, spec, ctx) -> EvalResult:
     prompts = mt_bench_judge_prompts(ctx)
     n_turns = max(s.turns)
     dec = Decoding(max_new_tokens=s.max_new_tokens, temperature=s.temperature, batch_size=s.batch_size,
-                   seed=ctx.seed)
+                   seed=ctx.seed, engine=engine_setting(ctx.protocol))
     answers = generate(model, [q["turns"][:n_turns] for q in questions], dec, ctx.cache, desc="MT-Bench")
 
     jobs = [(q, a, t) for q, a in zip(questions, answers) for t in s.turns]
     judge = ctx.judge
     ledger = Ledger()
+    constraint = judge.constraint(rating_constraint(s.judge_max_tokens or judge.max_tokens))
     verdicts = judge.judge_many([judge_messages(q, a, t, prompts, refs) for q, a, t in jobs], rating_or_none,
-                                ledger, desc="MT-Bench judging", max_tokens=s.judge_max_tokens)
+                                ledger, desc="MT-Bench judging", max_tokens=s.judge_max_tokens, constraint=constraint)
 
     by_turn: dict[int, list[float]] = defaultdict(list)
     by_cat: dict[str, list[float]] = defaultdict(list)
     details = []
     for (q, a, t), v in zip(jobs, verdicts):
         details.append({"question_id": q["question_id"], "category": q["category"], "turn": t,
-                        "answer": a[t - 1], "score": v.value, "error": v.error, "judgment": v.text,
-                        "attempts": v.attempts})
+                        "item": f"{q['question_id']}/turn{t}", "answer": a[t - 1], "score": v.value,
+                        "error": v.error, "judgment": v.text, "attempts": v.attempts,
+                        "scores": {"score": v.value, f"turn{t}": v.value} if v.ok else {}})
         if v.ok:
             by_turn[t].append(v.value)
             by_cat[q["category"]].append(v.value)
@@ -118,5 +122,6 @@ def mt_bench(model, spec, ctx) -> EvalResult:
     counts = {"questions": len(questions), "judgments": len(jobs), "scored": len(all_scores),
               "errors": n_err, "parse_errors": sum(1 for v in verdicts if v.error == "parse"), **ledger.as_counts()}
     info = {"question_ids": [q["question_id"] for q in questions], "reference": s.reference,
-            "judge": judge.identity, "rule": "mean of 1-10 ratings; unparseable ratings excluded and counted"}
+            "judge": judge.identity, "rule": "mean of 1-10 ratings; unparseable ratings excluded and counted",
+            "engine": resolve_engine(dec.engine), "verdict_constraint": constraint}
     return EvalResult(metrics, details, counts, info)

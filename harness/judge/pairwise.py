@@ -15,11 +15,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..cache import stable_hash
 from ..evaluate import EvalResult, Metric, register_evaluator
 from ..generate import Decoding, generate
+from ..vllm_engine import engine_setting, resolve_engine
 from .client import Ledger
 from .common import chat, mt_bench_judge_prompts, open_ended_dir, parse_section, read_jsonl
-from .verdicts import Tally, judge_pair, pair_v2_or_none, pair_v2_sign, parse_two_scores, scores_sign
+from .verdicts import (OUTCOME_WS, Tally, judge_pair, pair_v2_constraint, pair_v2_or_none, pair_v2_sign,
+                       parse_two_scores, scores_sign, two_scores_constraint)
 
 SetName = Literal["vicuna", "koala", "wizardlm", "self_instruct", "lima"]
 ALL_SETS: tuple[str, ...] = ("vicuna", "koala", "wizardlm", "self_instruct", "lima")
@@ -57,7 +60,7 @@ def load_set(ctx, name: str) -> list[str]:
 
 
 def review_template() -> dict[str, str]:
-    return json.loads(resources.files("harness").joinpath("templates/pairwise_review.json").read_text("utf-8"))
+    return json.loads(resources.files("selbench").joinpath("templates/pairwise_review.json").read_text("utf-8"))
 
 
 def make_prompt(fmt: str, templates: dict, question: str, first: str, second: str) -> list[dict[str, str]]:
@@ -85,12 +88,15 @@ def _tally_metrics(tag: str, main: Tally, strict: Tally, metrics: dict, counts: 
         counts[f"vs_{tag}/strict_{k}"] = getattr(strict, k)
 
 
-@register_evaluator("pairwise", needs_judge=True, needs_baselines=("full", "random"), version="2")
+@register_evaluator("pairwise", needs_judge=True, needs_baselines=("full", "random"), version="3",
+                    settings=PairwiseSettings,
+                    headline=("ws_vs_full", "ws_vs_random", "flip_rate_vs_full", "flip_rate_vs_random"))
 def pairwise(model, spec, ctx) -> EvalResult:
     s = parse_section(PairwiseSettings, spec, "pairwise")
     prompts = {name: load_set(ctx, name)[: s.per_set] for name in s.sets}
     flat = [(name, q) for name in s.sets for q in prompts[name]]
-    dec = Decoding(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=ctx.seed)
+    dec = Decoding(max_new_tokens=s.max_new_tokens, batch_size=s.batch_size, seed=ctx.seed,
+                   engine=engine_setting(ctx.protocol))
     templates = {"review": review_template()} if s.format == "review" else \
         {"pair-v2": mt_bench_judge_prompts(ctx)["pair-v2"]}
     parse = parse_two_scores if s.format == "review" else pair_v2_or_none
@@ -112,19 +118,24 @@ def pairwise(model, spec, ctx) -> EvalResult:
     ours = [a[0] for a in generate(model, [[q] for _, q in flat], dec, ctx.cache, desc="pairwise sets")]
     judge = ctx.judge
     ledger = Ledger()
+    constraint = judge.constraint(two_scores_constraint() if s.format == "review" else
+                                  pair_v2_constraint(s.judge_max_tokens or judge.max_tokens))
     for tag, base in todo:
         theirs = [a[0] for a in generate(base, [[q] for _, q in flat], dec, ctx.cache, desc=f"pairwise ({tag})")]
         items = []
         for (_, q), a, b in zip(flat, ours, theirs):
             items += [make_prompt(s.format, templates, q, a, b), make_prompt(s.format, templates, q, b, a)]
         verdicts = judge.judge_many(items, parse, ledger, desc=f"pairwise judging vs {tag}",
-                                    max_tokens=s.judge_max_tokens)
+                                    max_tokens=s.judge_max_tokens, constraint=constraint)
         per_set = {name: (Tally(), Tally()) for name in s.sets}
         for i, ((name, q), a, b) in enumerate(zip(flat, ours, theirs)):
             v1, v2 = verdicts[2 * i], verdicts[2 * i + 1]
             s1, s2 = _sign(s.format, v1.value, True), _sign(s.format, v2.value, False)
             outcome, strict = judge_pair(s1, s2, *per_set[name])
-            details.append({"baseline": tag, "set": name, "question": q, "answer": a, "baseline_answer": b,
+            details.append({"baseline": tag, "set": name, "item": f"{tag}/{name}/{stable_hash(q)[:16]}",
+                            "scores": {f"ws_vs_{tag}": OUTCOME_WS[outcome], f"ws_vs_{tag}/{name}": OUTCOME_WS[outcome]}
+                            if outcome in OUTCOME_WS else {},
+                            "question": q, "answer": a, "baseline_answer": b,
                             "verdict_model_first": v1.value, "verdict_model_second": v2.value,
                             "judgment_model_first": v1.text, "judgment_model_second": v2.text,
                             "errors": [v.error for v in (v1, v2) if v.error], "outcome": outcome,
@@ -141,5 +152,5 @@ def pairwise(model, spec, ctx) -> EvalResult:
     # a comparison (two orders) is one judged item; it is an error when either order has no usable verdict
     counts.update({"comparisons": len(details), "judgments": len(details),
                    "errors": sum(1 for d in details if d["errors"]), **ledger.as_counts()})
-    info["judge"] = judge.identity
+    info.update({"judge": judge.identity, "engine": resolve_engine(dec.engine), "verdict_constraint": constraint})
     return EvalResult(metrics, details, counts, info)

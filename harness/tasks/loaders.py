@@ -13,6 +13,7 @@ from pathlib import Path
 
 import datasets
 
+from selbench import bbh as _bbh
 from selbench.cache import read_jsonl
 from selbench.paths import data_dir
 
@@ -75,3 +76,11 @@ def truthfulqa_mc(file: str, **_) -> datasets.DatasetDict:
         mc1 = r["mc1_targets"]
         rows.append({"question": r["question"], "mc1_choices": list(mc1), "mc1_label": list(mc1.values()).index(1)})
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def bbh(subtask: str, folder: str = "benchmarks/bbh", **_) -> datasets.DatasetDict:
+    """One BBH subtask: ``test`` (the items in file order) and ``fewshot`` (the three chain-of-thought exemplars of
+    ``cot-prompts/<subtask>.txt``, taken in order by the ``first_n`` sampler)."""
+    test, shots = _bbh.load_subtask(_path(folder), subtask)
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(test),
+                                 "fewshot": datasets.Dataset.from_list(shots)})

