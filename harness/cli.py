@@ -121,7 +121,7 @@ def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..
         b = Board(Workspace.at(root), board, tuple(map(str, plugin or [])), ad_hoc=(entry,) if entry else ())
         cells = b.cells([entry.row if entry else method])
         if budget is not None:
-            want = b.protocol.resolve_budget(float(budget) if "." in budget else int(budget), len(b.pool))
+            want = b.protocol.resolve_budget(float(budget) if "." in budget else int(budget), b.pool.n_trainable)
             cells = [c for c in cells if c.budget == want]
         if seed is not None:
             cells = [c for c in cells if c.seed == seed]

@@ -177,15 +177,11 @@ def embedding_overlaps(pool: Pool, items: list[EvalItem], signals, threshold: fl
 def pool_overlap(pool: Pool, items: list[EvalItem], cache: ArtifactCache, signals, *, n: int = NGRAM,
                  threshold: float = THRESHOLD) -> dict[str, Any]:
     """Cached: ``{"ngram": {example_id: [item ids]}, "embedding": {example_id: {item_id: cosine}}}``."""
-    key = stable_hash({"pool": pool.hash, "items": stable_hash([[i.id, i.text] for i in items]), "n": n,
-                       "threshold": threshold, "model": "all-MiniLM-L6-v2", "version": 1})
-    hit = cache.get_json("contamination", key)
-    if hit is not None:
-        return hit
-    out = {"ngram": {k: sorted(v) for k, v in ngram_overlaps(pool, items, n).items()},
-           "embedding": embedding_overlaps(pool, items, signals, threshold)}
-    cache.put_json("contamination", key, out)
-    return out
+    inputs = {"pool": pool.hash, "items": stable_hash([[i.id, i.text] for i in items]), "n": n,
+              "threshold": threshold, "model": "all-MiniLM-L6-v2", "version": 1}
+    return cache.get_or_compute("contamination", inputs, lambda: {
+        "ngram": {k: sorted(v) for k, v in ngram_overlaps(pool, items, n).items()},
+        "embedding": embedding_overlaps(pool, items, signals, threshold)}, engine=None, device="cpu").value
 
 
 # ---- selections ------------------------------------------------------------------------------------------------

@@ -2,6 +2,27 @@
 
 Every example gets a stable ID: a hash of its normalised conversation, so the same text has the same ID in
 every pool, file order and run.
+
+Rows that cannot be trained on stay in the pool, flagged. A row whose response is empty (after stripping) is not
+malformed: its instruction is real data that a method scoring only the prompt (DSIR, k-center on
+``instruction+input``) ranks, and dropping it would change what such a method ranks for everything else (DSIR's
+raw n-gram distribution, k-center's points). So it is loaded as an :class:`Example` with ``output == ""`` and
+``untrainable = "empty response"``, and ``pool.on_bad_rows`` applies only to rows that are malformed (no
+instruction, wrong types, unknown roles). Nothing trains on such a row; the harness, not each method, sees to it
+(``selbench.select``):
+
+* a method declares whether it reads the response (``register_method(..., needs_output=...)``, default yes);
+* a method that does gets :meth:`Pool.trainable` (flagged rows absent, so it never scores an empty response);
+* a method that does not gets the whole pool and a budget raised by the number of flagged rows; its IDs, in its
+  own priority order, are filtered to trainable ones and cut to the budget, so it ranks flagged rows but never
+  selects them (for a ranking or greedy method this equals its own choice among the trainable rows);
+* budgets (counts, fractions, the ``full`` row) are taken against the trainable rows (:attr:`Pool.n_trainable`);
+* the record's ``selection.untrainable`` lists the flagged rows with their reason, whether the method saw (could
+  rank) them, and which of its picks the harness skipped; training refuses an untrainable example outright.
+
+With ``pool.sample``, the trainable rows are sampled exactly as before flagging existed (the same seeded draw) and
+the flagged rows at the same rate from their own seeded stream, so the trainable part of a sampled pool does not
+depend on how many flagged rows the file holds.
 """
 
 from __future__ import annotations
@@ -21,6 +42,9 @@ ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant"
                 "bard": "assistant", "bing": "assistant", "system": "system", "model": "assistant"}
 
 
+EMPTY_RESPONSE = "empty response"
+
+
 class PoolError(ValueError):
     """A pool row that cannot be used; the message names file and row."""
 
@@ -36,6 +60,11 @@ class Example:
     input: str = ""
     output: str = ""
     source: str = ""  # "<file>:<row>" for error messages and provenance
+    untrainable: str = ""  # why nothing may train on this example (e.g. "empty response"); "" = trainable
+
+    @property
+    def trainable(self) -> bool:
+        return not self.untrainable
 
     @property
     def prompt(self) -> str:
@@ -81,6 +110,22 @@ class Pool:
     def subset(self, ids: Iterable[str]) -> list[Example]:
         return [self._by_id[i] for i in ids]
 
+    @property
+    def untrainable(self) -> dict[str, str]:
+        """ID -> reason, for the examples nothing may train on (see the module docstring)."""
+        return {e.id: e.untrainable for e in self.examples if e.untrainable}
+
+    @property
+    def n_trainable(self) -> int:
+        """The number of examples a selection can choose from: budgets are taken against it."""
+        return len(self.examples) - len(self.untrainable)
+
+    def trainable(self) -> "Pool":
+        """This pool without its untrainable examples (itself when it has none), same order."""
+        if not self.untrainable:
+            return self
+        return Pool([e for e in self.examples if e.trainable], name=self.name, report=self.report)
+
 
 def example_id(messages: Sequence[dict[str, str]]) -> str:
     return stable_hash([[m["role"], m["content"]] for m in messages], length=16)
@@ -117,11 +162,10 @@ def normalise_row(row: dict[str, Any], fmt: str, where: str) -> Example:
         output = _text(row, "response" if fmt == "dolly" else "output", where)
         if not instruction:
             raise PoolError(f"{where}: empty instruction")
-        if not output:
-            raise PoolError(f"{where}: empty response")
         user = f"{instruction}\n\n{inp}" if inp else instruction
         messages = ({"role": "user", "content": user}, {"role": "assistant", "content": output})
-        return Example(example_id(messages), messages, instruction, inp, output, where)
+        return Example(example_id(messages), messages, instruction, inp, output, where,
+                       untrainable="" if output else EMPTY_RESPONSE)
     if fmt == "sharegpt":
         turns = row.get("conversations", row.get("messages"))
         if not isinstance(turns, list) or not turns:
@@ -143,10 +187,9 @@ def normalise_row(row: dict[str, Any], fmt: str, where: str) -> Example:
         replies = [m for m in messages if m["role"] == "assistant"]
         if not users or not replies:
             raise PoolError(f"{where}: conversation needs at least one user turn and one assistant reply")
-        if any(not m["content"] for m in replies):
-            raise PoolError(f"{where}: empty response")
         messages = tuple(messages)
-        return Example(example_id(messages), messages, users[0]["content"], "", replies[0]["content"], where)
+        return Example(example_id(messages), messages, users[0]["content"], "", replies[0]["content"], where,
+                       untrainable=EMPTY_RESPONSE if any(not m["content"] for m in replies) else "")
     raise PoolError(f"{where}: unknown pool format {fmt!r}")
 
 
@@ -202,10 +245,18 @@ def load_pool(spec, data_dir: Path | None = None, name: str = "pool") -> Pool:
         log.warning("%s: %d exact duplicate examples; kept the first copy of each", source, dups)
     if bad:
         log.warning("%s: dropped %d malformed rows (first: %s)", source, len(bad), bad[0])
-    if spec.sample is not None and spec.sample < len(unique):
+    flagged = [i for i, e in enumerate(unique) if not e.trainable]
+    if flagged:
+        log.info("%s: %d rows kept but not trainable (empty response)", source, len(flagged))
+    trainable = [i for i, e in enumerate(unique) if e.trainable]
+    if spec.sample is not None and spec.sample < len(trainable):
         rng = np.random.default_rng(spec.sample_seed)
-        keep = sorted(rng.choice(len(unique), size=spec.sample, replace=False).tolist())
-        unique = [unique[i] for i in keep]
+        keep = [trainable[i] for i in rng.choice(len(trainable), size=spec.sample, replace=False).tolist()]
+        n_flagged = round(len(flagged) * spec.sample / len(trainable))  # the same rate, from a stream of its own
+        frng = np.random.default_rng([spec.sample_seed, 1])
+        keep += [flagged[i] for i in frng.choice(len(flagged), size=n_flagged, replace=False).tolist()]
+        unique = [unique[i] for i in sorted(keep)]
     report = {"source": source, "source_sha256": fingerprint, "rows": len(rows), "dropped_bad_rows": len(bad),
-              "duplicates": dups, "size": len(unique)}
+              "duplicates": dups, "size": len(unique),
+              "untrainable": sum(1 for e in unique if not e.trainable)}
     return Pool(unique, name=name, report=report)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache import ArtifactCache, stable_hash
+from .cache import ArtifactCache
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +163,23 @@ def configured_evaluators(protocol) -> dict[str, Any]:
 def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
                     ctx: EvalContext) -> tuple[EvalResult, bool]:
     """Run an evaluator unless its result for the same model, spec, baselines (and, for the judged ones, which
-    generate answers: judge and engine) is cached."""
-    from .vllm_engine import engine_setting, resolve_engine
+    generate answers: judge, engine and device) is cached."""
+    from .vllm_engine import engine_device, engine_setting, resolve_engine
 
     judged = evaluator.needs_judge
-    key = stable_hash({"evaluator": evaluator.name, "version": evaluator.version, "model": model.identity,
-                       "spec": spec, "judge": ctx.protocol.judge.identity() if judged else None,
-                       "engine": resolve_engine(engine_setting(ctx.protocol)) if judged else None,
-                       "baselines": {k: v.identity for k, v in sorted(ctx.baselines.items())}})
-    hit = ctx.cache.get_json(f"eval/{evaluator.name}", key)
-    if hit is not None:
-        return EvalResult.from_json(hit), True
-    t0 = time.perf_counter()
-    result = evaluator.fn(model, spec, ctx)
-    result.info.setdefault("wall_s", round(time.perf_counter() - t0, 2))  # kept with the cached result
-    ctx.cache.put_json(f"eval/{evaluator.name}", key, result.to_json())
-    return result, False
+    engine = resolve_engine(engine_setting(ctx.protocol)) if judged else None  # the others score on the CPU
+    inputs = {"evaluator": evaluator.name, "version": evaluator.version, "model": model.identity, "spec": spec,
+              "judge": ctx.protocol.judge.identity() if judged else None,
+              "baselines": {k: v.identity for k, v in sorted(ctx.baselines.items())}}
+    computed = []
+
+    def run() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        result = evaluator.fn(model, spec, ctx)
+        result.info.setdefault("wall_s", round(time.perf_counter() - t0, 2))  # kept with the cached result
+        computed.append(result)
+        return result.to_json()
+
+    art = ctx.cache.get_or_compute(f"eval/{evaluator.name}", inputs, run, engine=engine,
+                                   device=engine_device(engine) if judged else "cpu")
+    return (computed[0] if computed else EvalResult.from_json(art.value)), art.hit

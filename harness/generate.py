@@ -18,8 +18,8 @@ from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .cache import ArtifactCache, stable_hash
-from .vllm_engine import resolve_engine
+from .cache import ArtifactCache
+from .vllm_engine import engine_device, resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,19 @@ def generate(model, conversations: Sequence[Sequence[str]], decoding: Decoding, 
     """One answer per user turn of every conversation, in order."""
     convs = [list(c) for c in conversations]
     engine = resolve_engine(decoding.engine)
-    key = stable_hash({"model": model.identity, "chat_template": model.chat_template, "prompts": convs,
-                       "decoding": decoding.model_dump(exclude={"batch_size", "engine"}), "engine": engine})
-    if cache is not None and (hit := cache.get_json("generations", key)) is not None:
-        return hit["answers"]
-    if engine == "vllm":
-        answers = _vllm_generate(model, convs, decoding, desc, cache_root=cache.root if cache else None)
-    else:
-        answers = _hf_generate(model, convs, decoding, desc)
-    if cache is not None:
-        cache.put_json("generations", key, {"model": model.name, "identity": model.identity, "engine": engine,
-                                            "answers": answers})
-    return answers
+
+    def run() -> list[list[str]]:
+        if engine == "vllm":
+            return _vllm_generate(model, convs, decoding, desc, cache_root=cache.root if cache else None)
+        return _hf_generate(model, convs, decoding, desc)
+
+    if cache is None:
+        return run()
+    inputs = {"model": model.identity, "chat_template": model.chat_template, "prompts": convs,
+              "decoding": decoding.model_dump(exclude={"batch_size", "engine"})}
+    return cache.get_or_compute("generations", inputs, lambda: {
+        "model": model.name, "identity": model.identity, "engine": engine, "answers": run()},
+        engine=engine, device=engine_device(engine)).value["answers"]
 
 
 def _prompt_limit(dec: Decoding, model_limit: int | None) -> int:

@@ -106,15 +106,17 @@ def _fmt(mean: Any, std: Any, seconds: bool = False) -> str:
 def headline_columns(columns: list[str], protocol=None) -> list[str]:
     """The evaluators' declared headlines (judge-free ones first), bench_avg and each lm-eval task's headline
     metric, then the judged ones: a judged headline of a configured evaluator is shown even when no verdict parsed,
-    so a judge that fails is visible."""
+    so a judge that fails is visible (when it produced some of its headlines, only those: e.g. AlpacaEval reports
+    either ``lc_win_rate`` or ``lc_win_rate_approx``)."""
     present = set(columns)
     configured = set(configured_evaluators(protocol)) if protocol is not None else set()
     specs = load_evaluators()
     plain, judged = [], []
     for name, spec in specs.items():
+        produced = any(f"{name}/{h}" in present for h in spec.headline)
         for h in spec.headline:
             c = f"{name}/{h}"
-            if c in present or (spec.needs_judge and name in configured):
+            if c in present or (spec.needs_judge and name in configured and not produced):
                 (judged if spec.needs_judge else plain).append(c)
     return plain + [c for c in ("bench_avg", *primary_metric_columns(columns)) if c in present] + judged
 
@@ -161,6 +163,10 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
     if floors:
         lines += ["**Noise floor** (per metric; from the paired comparisons with `random`):", ""]
         lines += [f"- `{m}`: {f.sentence()}" for m, f in floors.items()] + [""]
+    elif n_records:
+        lines += ["**No intervals or tests on this board yet**: no headline metric has per-item scores in a "
+                  "`random` row and another row (records written before selbench stored item IDs need a "
+                  "refresh). The values below are bare means: do not read differences into them.", ""]
     lines += ["Cells: mean over seeds [95% interval], then `Δr`: the paired difference to `random` at the same "
               "budget ± half its 95% interval (hierarchical bootstrap over seeds and items, Student-t with "
               "Satterthwaite df; `selbench/stats.py`). ▲/▼: significantly better/worse than random after "

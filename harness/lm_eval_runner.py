@@ -6,14 +6,13 @@ and run offline; any other task name is looked up in lm-eval's own index (hub da
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .evaluate import EvalContext, EvalResult, Metric, ModelUnderTest, register_evaluator
+from .paths import scoped_environ
 from .protocol import LmEvalSpec
 
 log = logging.getLogger(__name__)
@@ -31,20 +30,6 @@ def task_manager(tasks: list[str]):
     # lm-eval's default index takes ~40 s to build; only pay for it when a non-local task is asked for.
     needs_defaults = any(t not in local_task_names() for t in tasks)
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=needs_defaults)
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _float_or_none(v: Any) -> float | None:
@@ -102,7 +87,7 @@ def run_lm_eval(model: ModelUnderTest, spec: dict[str, Any], ctx: EvalContext) -
     if ctx.data_dir is not None:
         env["SELBENCH_DATA_DIR"] = str(ctx.data_dir)
     gen_kwargs = f"max_gen_toks={spec.max_gen_toks}" if spec.max_gen_toks else None
-    with _env(**env):
+    with scoped_environ(env):
         results = simple_evaluate(
             model="hf", model_args=model_args, tasks=list(spec.tasks), num_fewshot=spec.num_fewshot,
             batch_size=spec.batch_size, limit=spec.limit, task_manager=task_manager(spec.tasks),

@@ -66,10 +66,9 @@ def resolve_base_model(spec, cache: ArtifactCache) -> ResolvedModel:
         if not gguf.is_file():
             raise FileNotFoundError(f"base_model: GGUF file {gguf} not found")
         digest = file_sha256(gguf)[:16]
-        key = stable_hash({"gguf": digest, "dtype": spec.dtype})
-        out = cache.directory("models", key)
-        if out is None:
-            out = _convert_gguf(gguf, spec.dtype, cache, key)
+        out = cache.get_or_compute("models", {"gguf": digest, "dtype": spec.dtype},  # dequantising is exact
+                                   lambda tmp: _convert_gguf(gguf, spec.dtype, tmp), engine=None, device=None,
+                                   form="dir").path
         return ResolvedModel(str(out), f"gguf:{digest}:{spec.dtype}", f"{gguf.name} (dequantised, {spec.dtype})")
     if target.is_dir():
         return ResolvedModel(str(target.resolve()), f"dir:{_local_dir_identity(target)}", str(target))
@@ -77,7 +76,7 @@ def resolve_base_model(spec, cache: ArtifactCache) -> ResolvedModel:
     return ResolvedModel(raw, f"hub:{raw}@{spec.revision or 'main'}", raw)
 
 
-def _convert_gguf(gguf: Path, dtype: str, cache: ArtifactCache, key: str) -> Path:
+def _convert_gguf(gguf: Path, dtype: str, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,10 +86,8 @@ def _convert_gguf(gguf: Path, dtype: str, cache: ArtifactCache, key: str) -> Pat
                                                  dtype=getattr(torch, dtype))
     if getattr(model, "hf_quantizer", None) is not None:  # weights are dense already; drop the GGUF marker
         model.hf_quantizer.remove_quantization_config(model)
-    with cache.build_directory("models", key) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return cache.path("models", key)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
 
 
 def torch_dtype(name: str):

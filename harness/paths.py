@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 DATA_DIR_ENV = "SELBENCH_DATA_DIR"
 CACHE_DIR_ENV = "SELBENCH_CACHE_DIR"
@@ -44,6 +46,21 @@ def portable_path(path: str | Path | None, root: Path | None = None) -> str | No
                 continue
             return f"{label}/{rel}" if label else str(rel)
     return p.name
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then restore them (or remove those that were unset)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @dataclass(frozen=True)

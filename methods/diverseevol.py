@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from selbench.cache import stable_hash
 from selbench.models import BaseModelHandle, ResolvedModel
 from selbench.registry import register_method
 from selbench.select import Selection
@@ -54,17 +53,15 @@ def _recipe(ctx):
 
 def _train_round(ctx, pool, ids: list[str], recipe) -> BaseModelHandle:
     """Fine-tune the base model on ``ids`` (cached) and return a handle to the result."""
-    from selbench.train import finetune
+    from selbench.train import TRAIN_DEVICE, finetune
 
     base = ctx.base_model
-    key = stable_hash({"method": "diverseevol", "base": base.identity, "dtype": base.dtype,
-                       "recipe": recipe.model_dump(mode="json"), "seed": ctx.seed, "ids": ids})
-    out = ctx.cache.directory("diverseevol", key)
-    if out is None:
-        with ctx.cache.build_directory("diverseevol", key) as tmp:
-            finetune(base.path, pool.subset(ids), recipe, ctx.seed, tmp, dtype=base.dtype,
-                     chat_template=recipe.chat_template, progress=False)
-        out = ctx.cache.path("diverseevol", key)
+    inputs = {"method": "diverseevol", "base": base.identity, "dtype": base.dtype,
+              "recipe": recipe.model_dump(mode="json"), "seed": ctx.seed, "ids": ids}
+    art = ctx.cache.get_or_compute("diverseevol", inputs, lambda tmp: finetune(
+        base.path, pool.subset(ids), recipe, ctx.seed, tmp, dtype=base.dtype, chat_template=recipe.chat_template,
+        progress=False), engine=None, device=TRAIN_DEVICE, form="dir")
+    out, key = art.path, art.key
     if recipe.finetune == "lora":
         return BaseModelHandle(base.resolved, dtype=base.dtype, chat_template=base.chat_template,
                                device=base.device, adapter=str(out), adapter_identity=f"diverseevol:{key}")

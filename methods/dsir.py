@@ -22,7 +22,9 @@ default of 100 words would drop nearly every instruction example (a short exampl
 pool text is ``fields`` (default the prompt, ``instruction+input``, so it is compared like for like with the
 target, which is made of prompts). The default target is the prompts of the open-ended evaluation sets in the
 shared data directory (Vicuna-80, Koala, WizardLM test set, Self-Instruct 252 user-oriented, LIMA test set);
-``target_files`` (paths relative to the data directory, or absolute) replaces it.
+``target_files`` (paths relative to the data directory, or absolute) replaces it. With ``fields`` free of the
+output, rows with an empty response are part of the raw distribution and are ranked (as upstream, which knows no
+outputs); the harness keeps them out of the selection (selbench.data).
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def read_target_texts(files) -> list[str]:
     return texts
 
 
-@register_method("dsir", family="indicator-based", aspect="importance",
+@register_method("dsir", needs_output=lambda p: "output" in p["fields"],
+                 family="indicator-based", aspect="importance",
                  description="Importance resampling towards the evaluation prompts with hashed uni+bigram "
                              "features (seeded Gumbel top-k).",
                  citation="Xie et al. 2023, Data Selection for Language Models via Importance Resampling "

@@ -14,6 +14,7 @@ import numpy as np
 from selbench.paths import data_dir
 from selbench.ref_likelihood import RefLikelihoodSettings, reference_pairs
 from selbench.registry import register_method
+from selbench.methods.random import random_ids
 from selbench.select import Selection
 
 
@@ -41,8 +42,7 @@ def held_out_pairs(protocol, shuffle_seed: int) -> list[tuple[str, str]]:
                  citation="Planted-effect control (selbench); cf. target-distribution selection, Xia et al. 2024 "
                           "(LESS) and Xie et al. 2023 (DSIR).")
 def select_eval_distribution(pool, budget, ctx):
-    picked = ctx.rng.choice(len(pool), size=budget, replace=False)  # the same draw as `random`
-    ids = [pool.examples[i].id for i in picked]
+    ids = random_ids(pool, budget, ctx)
     pairs = held_out_pairs(ctx.protocol, ctx.seed)
     if len(pairs) < budget:
         raise ValueError(f"eval_distribution: only {len(pairs)} held-out AlpacaEval examples for budget {budget}")

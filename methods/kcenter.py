@@ -16,6 +16,8 @@ Reference followed: MoDS ``diverse-data-selection/kcenter_greedy.py`` @7d179bd (
   maximum get exact float64 distances to all centres (cached incrementally) and the pick is their exact argmax.
   Pick distances and the coverage radius are exact;
 * already-selected points are masked out of the argmax: exact duplicates can never be picked twice (MoDS asserts).
+* with ``fields`` free of the output, rows with an empty response are points too (they may become centres); the
+  harness skips them in the pick order, so the selection is the first ``budget`` trainable picks (selbench.data).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def coverage_radius(X: np.ndarray, selected) -> float:
     return float(kcenter_greedy_exact(X, 0, already_selected=list(selected))[2].max())
 
 
-@register_method("kcenter", family="small-model", aspect="diversity",
+@register_method("kcenter", needs_output=lambda p: "output" in p["fields"],
+                 family="small-model", aspect="diversity",
                  description="k-center greedy coreset over sentence embeddings (Euclidean; given or seeded first).",
                  citation="Sener & Savarese 2018 (ICLR), core-set active learning; Chen et al. 2023, Maybe Only "
                           "0.5% Data is Needed (arXiv 2305.09246); MoDS (arXiv 2311.15653)",

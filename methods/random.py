@@ -12,5 +12,9 @@ from selbench.select import Selection
                  description="Uniform random subset of the budget size (seeded).",
                  citation="Standard baseline; see e.g. Chen et al. 2024, AlpaGasus (random 9k).")
 def select_random(pool, budget, ctx):
-    picked = ctx.rng.choice(len(pool), size=budget, replace=False)
-    return Selection([pool.examples[i].id for i in picked])
+    return Selection(random_ids(pool, budget, ctx))
+
+
+def random_ids(pool, budget, ctx) -> list[str]:
+    """The seeded uniform draw; the planted-effect controls start from the same subset."""
+    return [pool.examples[i].id for i in ctx.rng.choice(len(pool), size=budget, replace=False)]

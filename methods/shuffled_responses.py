@@ -13,6 +13,7 @@ planted mismatch.
 import numpy as np
 
 from selbench.registry import register_method
+from selbench.methods.random import random_ids
 from selbench.select import Selection
 
 
@@ -32,8 +33,7 @@ def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
                  citation="Planted-effect control (selbench); cf. mismatched-pair ablations in Zhou et al. 2023, "
                           "LIMA, and Xia et al. 2024 on random baselines.")
 def select_shuffled(pool, budget, ctx):
-    picked = ctx.rng.choice(len(pool), size=budget, replace=False)  # the same draw as `random`
-    ids = [pool.examples[i].id for i in picked]
+    ids = random_ids(pool, budget, ctx)
     perm = derangement(len(ids), np.random.default_rng([ctx.seed, 1]))
     outputs = [pool[i].output for i in ids]
     swapped = {ids[k]: {"output": outputs[perm[k]]} for k in range(len(ids))}

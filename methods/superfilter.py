@@ -10,7 +10,9 @@ proxy model, GPT-2 by default), ``code_ifd/put_analysis_to_data.py`` (score) and
   an online board sets ``proxy_model: gpt2``.
 * Prompt format ``template="none"``: Superfiltering's plain ``instruction\\n`` (+ ``input\\n``) with the output
   right after it; the direct loss is the output alone (after BOS if the tokenizer adds one, else its first token is
-  unscored, as with GPT-2). ``template="chat"`` uses the protocol's chat template instead.
+  unscored, as with GPT-2), cut as the reference cuts it (``max_length - prompt_len + 1`` tokens). Per-example
+  losses, ``ifd_ppl`` and selections agree with the reference's own code on SmolLM2-135M
+  (tests/test_conformance.py). ``template="chat"`` uses the protocol's chat template instead.
 * Score ``score="ppl_ratio"`` (default, the reference's ``ifd_ppl = ppl_cond / ppl_direct = exp(L_cond - L_direct)``)
   or ``"loss_ratio"`` (Cherry's ``L_cond / L_direct``). Both keep the same examples under the ``< 1`` filter but
   rank them differently.

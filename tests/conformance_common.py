@@ -21,7 +21,7 @@ CHERRY_ROWS = [0, 1, 3, 7, 8, 9, 11, 17, 18, 26, 28, 29, 30, 34, 41, 54, 61, 63,
                101, 667, 2998]
 CHERRY_MAX_LEN = 80  # short, for speed and so that Cherry's truncation and skip rules are exercised (its script: 512)
 CHERRY_BUDGETS = (3, 8, 15)
-DSIR_ROWS = 1000  # the first rows of the pool (rows with an empty output are not loadable and are left out)
+DSIR_ROWS = 1000  # the first rows of the pool (rows with an empty output are left out)
 DSIR_BUDGETS = (10, 50, 200)
 # strings where NLTK's WordPunctTokenizer (regex engine) and Python's re split differently
 DSIR_EXTRA = ["Compute x² + y² for x₂ = 3", "Balance H₂O + CO₂ ⇌ H₂CO₃", "Rate this ❤️ review ✔️ please",
@@ -41,9 +41,11 @@ def _rows(indices):
     out = []
     for i in indices:
         try:
-            out.append(normalise_row(raw[i], "alpaca", f"alpagasus_random_9k:{i}"))
+            e = normalise_row(raw[i], "alpaca", f"alpagasus_random_9k:{i}")
         except PoolError:
             continue
+        if e.trainable:  # the fixtures were built on the rows with an output (empty-output rows left out)
+            out.append(e)
     return Pool(out)
 
 
@@ -89,3 +91,77 @@ def smollm2_dir() -> Path:
 
     spec = BaseModelSpec(path=MODEL, dtype="float32")
     return Path(resolve_base_model(spec, ArtifactCache(Workspace.at(REPO).cache_dir)).path).resolve()
+
+
+# Superfiltering: the Cherry rows above, scored by Superfiltering's own code_ifd with the same short max_length
+SUPERFILTER_MAX_LEN = CHERRY_MAX_LEN
+SUPERFILTER_BUDGETS = (3, 8, 15)
+
+# Win score, both rules: two-order reviews in Cherry_LLM's format (its evaluation/generation/eval.py writes
+# "scores" = str([Assistant 1, Assistant 2]) with the model under test as Assistant 1 and "scores_reverse" with it
+# as Assistant 2), one file per test set, and the same comparisons as FastChat pairwise judgments (g1: the model
+# shown first, g2: shown second, winners named by model) plus two judge errors. Every combination of the two
+# orders' verdicts (model better / equal / worse) occurs, in unequal numbers, in two sets that cal_rate pools.
+REVIEW_SETS = {"vicuna": (3, 1, 2, 1, 4, 1, 2, 2, 1), "koala": (1, 2, 1, 3, 1, 2, 1, 1, 2)}
+REVIEW_DIR = FIXTURES / "reviews"
+
+
+def review_comparisons() -> dict[str, list[tuple[tuple[float, float], tuple[float, float]]]]:
+    """Per set: (scores, scores_reverse) per comparison, as Cherry_LLM stores them (Assistant 1, Assistant 2)."""
+    import itertools
+
+    rs = np.random.RandomState(7)
+    grid = np.arange(2, 21) / 2  # 1.0 .. 10.0 in halves
+
+    def pair(sign: int) -> tuple[float, float]:  # (model, other) with the given sign of model - other
+        while True:
+            a, b = (float(x) for x in rs.choice(grid, 2))
+            if sign == 0:
+                return a, a
+            if np.sign(a - b) == sign:
+                return a, b
+
+    out = {}
+    for name, mult in REVIEW_SETS.items():
+        rows = []
+        for (s1, s2), m in zip(itertools.product((1, 0, -1), repeat=2), mult):
+            for _ in range(m):
+                model1, other1 = pair(s1)
+                model2, other2 = pair(s2)
+                rows.append(((model1, other1), (other2, model2)))  # reverse order: the model is Assistant 2
+        order = rs.permutation(len(rows))
+        out[name] = [rows[i] for i in order]
+    return out
+
+
+def write_review_fixtures(dest: Path = REVIEW_DIR) -> list[Path]:
+    """The Cherry_LLM review files (``<set>_reviews_gpt4.json``, the names its review_eval_score.py looks for) and
+    ``fastchat_pair.jsonl`` (FastChat llm_judge ``model_judgment/*_pair.jsonl`` rows) for the same comparisons."""
+    dest.mkdir(parents=True, exist_ok=True)
+    paths, pair_rows = [], []
+
+    def winner(a: float, b: float, first: str, second: str) -> str:
+        return first if a > b else second if b > a else "tie"
+
+    for name, rows in review_comparisons().items():
+        data = []
+        for q, (fwd, rev) in enumerate(rows):
+            data.append({"question_id": q, "instruction": f"{name} question {q}", "scores": str(list(fwd)),
+                         "scores_reverse": str(list(rev)),
+                         "review": f"{fwd[0]:g} {fwd[1]:g}\nAssistant 1 and Assistant 2 were compared.",
+                         "review_reverse": f"{rev[0]:g} {rev[1]:g}\nAssistant 1 and Assistant 2 were compared."})
+            pair_rows.append({"question_id": f"{name}-{q}", "model_1": "model", "model_2": "baseline",
+                              "g1_winner": winner(fwd[0], fwd[1], "model_1", "model_2"),
+                              "g2_winner": winner(rev[1], rev[0], "model_1", "model_2"),
+                              "judge": ["gpt-4", "pair-v2"], "turn": 1})
+        p = dest / f"{name}_reviews_gpt4.json"
+        p.write_text(json.dumps({"Meta_Info": {"dataset_name": name, "key1": "model", "key2": "baseline"},
+                                 "data": data}, indent=1) + "\n", encoding="utf-8")
+        paths.append(p)
+    pair_rows += [{"question_id": "err-0", "model_1": "model", "model_2": "baseline", "g1_winner": "error",
+                   "g2_winner": "model_1", "judge": ["gpt-4", "pair-v2"], "turn": 1},
+                  {"question_id": "err-1", "model_1": "model", "model_2": "baseline", "g1_winner": "model_2",
+                   "g2_winner": "error", "judge": ["gpt-4", "pair-v2"], "turn": 1}]
+    p = dest / "fastchat_pair.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in pair_rows), encoding="utf-8")
+    return [*paths, p]

@@ -1,9 +1,10 @@
 """Conformance: our implementations against numbers produced by the reference repositories' own code.
 
 The fixtures in tests/fixtures/conformance/ were produced by build_fixtures.py there, which runs the upstream code
-(Cherry_LLM, MoDS, p-lambda/dsir) from checkouts outside this project on the inputs of tests/conformance_common.py;
-its README says how. Tolerances: per-token and mean losses 1e-4, IFD 1e-5, DSIR log-weights 1e-6; selections must
-be identical, where the fixture's margins make that meaningful (asserted, not assumed).
+(Cherry_LLM, MoDS, p-lambda/dsir, Superfiltering, FastChat) from checkouts outside this project on the inputs of
+tests/conformance_common.py; its README says how. Tolerances: per-token and mean losses 1e-4, IFD 1e-5, DSIR
+log-weights 1e-6, win scores and rates 1e-12 (counts exact); selections must be identical, where the fixture's
+margins make that meaningful (asserted, not assumed).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 
 from selbench.cache import ArtifactCache
+from selbench.judge.verdicts import combine_strict, combine_sum, parse_two_scores, scores_sign
 from selbench.models import BaseModelHandle, ResolvedModel
 from selbench.registry import get_method
+from selbench.replay import score_judgments
 from selbench.select import SelectionContext, run_selection
 from selbench.signals import SignalCache, cherry_pair
 import selbench.methods.dsir as dsir_mod
@@ -109,3 +112,92 @@ def test_ifd_cherry_variant_matches_cherry_llm(cherry_ctx):
         sel = run("ifd", pool, b, cherry_ctx, variant="cherry")
         assert sorted(pool.ids.index(i) for i in sel.ids) == ref_sel
         assert sel.extras["variant"] == "cherry"
+
+
+# ------------------------------------------------------------------------------------ Superfiltering (code_ifd)
+def test_superfilter_matches_superfiltering_code_ifd(cherry_ctx):
+    fx = fixture("superfilter.json")
+    pool = C.load_rows()
+    assert C.SUPERFILTER_MAX_LEN == cherry_ctx.signals.max_len
+    cond = cherry_ctx.signals.response_losses(pool, conditioned=True, template="none")
+    direct = cherry_ctx.signals.response_losses(pool, conditioned=False, template="none")
+    with np.errstate(invalid="ignore", over="ignore"):
+        ifd = np.exp(cond - direct)
+    ref = {int(k): v for k, v in fx["per_example"].items()}
+    assert sorted(ref) == list(range(len(pool)))
+    # upstream's ifd_ppl is NaN (null here) where a loss has no token to score: a prompt of max_length tokens or
+    # more, or a one-token output (no BOS, so the direct side predicts nothing); 0 if its scoring raised. We leave
+    # the same examples unscored (NaN): here the two long prompts and two one-token outputs
+    unscored = {i for i, r in ref.items() if not r["ifd_ppl"]}
+    assert len(unscored) == 4 and set(np.flatnonzero(~np.isfinite(ifd))) == unscored
+    tok = cherry_ctx.base_model.tokenizer
+    n_tok = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    cut = [i for i, e in enumerate(pool) if i not in unscored and n_tok(e.output) >
+           C.SUPERFILTER_MAX_LEN - n_tok(e.instruction + "\n" + (e.input + "\n" if e.input else ""))]
+    assert cut  # outputs truncated to max_length: Superfiltering's direct cut (max_length - prompt_len + 1) is tested
+    for i, r in ref.items():
+        if i in unscored:
+            continue
+        assert cond[i] == pytest.approx(r["loss_cond"], abs=1e-4), i
+        assert direct[i] == pytest.approx(r["loss_direct"], abs=1e-4), i
+        assert ifd[i] == pytest.approx(r["ifd_ppl"], abs=1e-5), i
+    ranked = sorted((r["ifd_ppl"] for i, r in ref.items() if i not in unscored and r["ifd_ppl"] < 1), reverse=True)
+    for budget, ref_sel in fx["selections"].items():
+        b = int(budget)
+        assert ranked[b - 1] - ranked[b] > 1e-4  # margin at the cut: an exact comparison is fair
+        sel = run("superfilter", pool, b, cherry_ctx)
+        assert sorted(pool.ids.index(i) for i in sel.ids) == ref_sel
+
+
+# ------------------------------------------------------------------------------------ win score, both rules
+def _review_files():
+    return sorted(C.REVIEW_DIR.glob("*_reviews_gpt4.json"))
+
+
+def test_review_fixtures_are_the_ones_generated(tmp_path):
+    written = C.write_review_fixtures(tmp_path)
+    for p in written:
+        assert p.read_text() == (C.REVIEW_DIR / p.name).read_text(), p.name
+
+
+def test_win_score_papers_rule_matches_cherry_llm_review_eval_score():
+    fx = fixture("win_score_rules.json")["papers_rule"]
+    files = _review_files()
+    r = score_judgments(files, "cherry")["result"]
+    win, tie, lose = (sum(v[k] for v in fx["per_set"].values()) for k in range(3))
+    assert (r["win"], r["tie"], r["lose"], r["errors"]) == (win, tie, lose, 0)
+    assert r["ws"] == pytest.approx(fx["ws"], abs=1e-12)  # cal_rate over the pooled sets
+    assert win and tie and lose and r["ws"] != 1
+    for f in files:  # get_scores_all per set, and on each comparison alone
+        name = f.name.split("_")[0]
+        one = score_judgments([f], "cherry")["result"]
+        assert [one["win"], one["tie"], one["lose"]] == fx["per_set"][name]
+        for d, ref in zip(json.loads(f.read_text())["data"], fx["per_row"][name]):
+            s1 = scores_sign(parse_two_scores(d["review"]), True)
+            s2 = scores_sign(parse_two_scores(d["review_reverse"]), False)
+            assert combine_sum(s1, s2) == ("win", "tie", "lose")[ref.index(1)], d
+    outcomes = {tuple(ref) for rows in fx["per_row"].values() for ref in rows}
+    assert outcomes == {(1, 0, 0), (0, 1, 0), (0, 0, 1)}
+
+
+def test_win_score_strict_rule_matches_fastchat_show_result():
+    fx = fixture("win_score_rules.json")["strict_rule"]
+    pair = score_judgments([C.REVIEW_DIR / "fastchat_pair.jsonl"], "fastchat_pair")["result"]["model vs baseline"]
+    for k in ("win", "loss", "tie"):
+        assert pair[k] == fx[k]
+    for k in ("win_rate", "loss_rate", "win_rate_adjusted"):
+        assert pair[k] == pytest.approx(fx[k], abs=1e-12)
+    assert pair["errors"] == 2  # FastChat drops judge errors; so do we
+    # the same comparisons as two-order reviews: the strict rule of the review replay and of verdicts.py
+    r = score_judgments(_review_files(), "cherry")["result"]
+    assert r["strict"] == {"win": fx["win"], "tie": fx["tie"], "lose": fx["loss"]}
+    n = fx["win"] + fx["tie"] + fx["loss"]
+    assert r["ws_strict"] == pytest.approx((fx["win"] - fx["loss"]) / n + 1, abs=1e-12)
+    rows = [d for name in C.REVIEW_SETS  # the pair file's order
+            for d in json.loads((C.REVIEW_DIR / f"{name}_reviews_gpt4.json").read_text())["data"]]
+    assert len(rows) == len(fx["per_row"])
+    for d, ref in zip(rows, fx["per_row"]):
+        s1 = scores_sign(parse_two_scores(d["review"]), True)
+        s2 = scores_sign(parse_two_scores(d["review_reverse"]), False)
+        assert combine_strict(s1, s2) == ref, d
+    assert r["ws_strict"] != r["ws"]  # the fixture separates the two rules

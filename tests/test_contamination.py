@@ -59,7 +59,7 @@ def test_ngram_normalisation_is_lm_eval_janitors():
 
 
 def test_planted_duplicates_found_and_counted(pool, report):
-    (p, planted, clean), (rep, _) = pool, report
+    (_, planted, _), (rep, _) = pool, report
     overlaps = rep["pool_overlaps"]
     assert set(overlaps["ngram"]) == {planted[0], planted[2]}
     assert overlaps["ngram"][planted[0]] == ["mt_bench/81"]
@@ -93,7 +93,7 @@ def test_hypergeometric_test_against_base_rate():
 
 
 def test_pool_overlap_is_cached(pool, report):
-    (p, planted, clean), (rep, cache) = pool, report
+    (p, _, _), (rep, cache) = pool, report
     files = list((cache.root / "contamination").glob("*.json"))
     assert len(files) == 1
     again = build_report(p, ITEMS, [], cache, signals=None)  # no signals needed: the overlap comes from the cache

@@ -39,8 +39,8 @@ def test_shuffled_responses_keeps_randoms_subset_and_mismatches_every_answer(tmp
         assert e.output != originals[e.id].output and e.instruction == originals[e.id].instruction
         assert e.messages[-1] == {"role": "assistant", "content": e.output}  # what the trainer tokenizes
     # the replacements survive the selection cache
-    again, meta = cached_selection(registry.get_method("shuffled_responses"), pool, 10, ctx, {}, "k")
-    again, meta = cached_selection(registry.get_method("shuffled_responses"), pool, 10, ctx, {}, "k")
+    again, meta = cached_selection(registry.get_method("shuffled_responses"), pool, 10, ctx, {}, {"test": "k"})
+    again, meta = cached_selection(registry.get_method("shuffled_responses"), pool, 10, ctx, {}, {"test": "k"})
     assert meta["cached"] and again.hash == shuf.hash
 
 
@@ -80,6 +80,10 @@ def test_ref_likelihood_scores_items_and_moves_with_the_adapter(tmp_path, tiny_m
     items = [d["item"] for d in res.details]
     assert len(set(items)) == 12 and all(d["scores"]["nll"] > 0 and d["scores"]["bpb"] > 0 for d in res.details)
     assert np.isclose(np.mean([d["scores"]["nll"] for d in res.details]), res.metrics["nll"].value)
+    gains = [d["scores"]["instruction_gain"] for d in res.details]  # NLL after another item's instruction - own
+    assert res.metrics["instruction_gain"].higher_is_better and np.isclose(np.mean(gains),
+                                                                          res.metrics["instruction_gain"].value)
+    assert len(set(np.round(gains, 6))) > 1 and all(np.isfinite(gains))
 
     recipe = RecipeSpec(lr=5e-3, batch_size=4, max_seq_len=96, lora={"r": 4, "alpha": 8,
                                                                       "target_modules": ["q_proj", "v_proj"]})

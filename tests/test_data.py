@@ -25,7 +25,7 @@ def test_sharegpt_multi_turn_and_trailing_user_turn():
 
 @pytest.mark.parametrize("row, msg", [
     ({"instruction": "x"}, "missing field 'output'"),
-    ({"instruction": "x", "output": "  "}, "empty response"),
+    ({"instruction": " ", "output": "y"}, "empty instruction"),
     ({"instruction": 3, "output": "y"}, "must be a string"),
     ({"conversations": [{"from": "robot", "value": "x"}]}, "unknown role"),
     ({"conversations": [{"from": "human", "value": "x"}]}, "at least one user turn and one assistant"),
@@ -38,10 +38,10 @@ def test_bad_rows_name_file_and_row(row, msg):
 
 def test_load_pool_errors_or_drops_bad_rows_and_reports_duplicates(tmp_path, caplog):
     rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(5)]
-    rows += [{"instruction": "bad", "input": "", "output": ""}, rows[0]]
+    rows += [{"instruction": "", "input": "", "output": "bad"}, rows[0]]
     f = tmp_path / "pool.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(PoolError, match=r"pool.jsonl:row 5: empty response"):
+    with pytest.raises(PoolError, match=r"pool.jsonl:row 5: empty instruction"):
         load_pool(PoolSpec(path=str(f)))
     pool = load_pool(PoolSpec(path=str(f), on_bad_rows="drop"))
     assert len(pool) == 5

@@ -83,9 +83,11 @@ def test_alpaca_eval(setup):
     r = ev.fn(setup.model, {"reference": "text_davinci_003", "max_instances": 3, "max_new_tokens": 8},
               setup.ctx)
     assert r.counts["instructions"] == 3 and r.counts["annotated"] == 2 and r.counts["errors"] == 1
+    # asked through the harness's judge client: 3 judgments and one re-ask of the unparseable one, in its ledger
+    assert (r.counts["judge/calls"], r.counts["judge/parse_retries"], r.counts["judge/parse_errors"]) == (4, 1, 1)
     assert 0 <= r.metrics["win_rate"].value <= 100
-    assert not math.isnan(r.metrics["lc_win_rate"].value)
-    assert r.info["lc_method"] == "length_logistic_fallback"
+    assert not math.isnan(r.metrics["lc_win_rate_approx"].value) and "lc_win_rate" not in r.metrics  # offline
+    assert r.info["lc_method"] == "length_logistic_fallback" and r.info["lc_unavailable"]
     assert r.details[0]["preference"] is None and all(d["preference"] in (1.0, 2.0) for d in r.details[1:])
     assert all("[[2]]" in d["judgment"] for d in r.details[1:])  # the judge's own text is kept per example
     cfg_dir = setup.ctx.cache.root / "alpaca_eval"
@@ -95,4 +97,5 @@ def test_alpaca_eval(setup):
     again = ev.fn(setup.model, {"reference": "text_davinci_003", "max_instances": 3, "max_new_tokens": 8},
                   setup.ctx)
     assert again.metrics["win_rate"].value == r.metrics["win_rate"].value
-    assert len(setup.fake.requests) - n_requests <= 1  # only the unparseable one is asked again
+    # and the judgment cache holds every verdict it might ask for again: the judge gets no new request
+    assert len(setup.fake.requests) == n_requests and again.counts["judge/calls"] == 0

@@ -1,47 +1,47 @@
 """AlpacaEval: pairwise preference of the model's answers over a reference model's, annotated by alpaca_eval's own
-``PairwiseAnnotator`` pointed at our judge endpoint.
+``PairwiseAnnotator`` with the harness's judge client answering.
 
 The annotator config is written at run time under the cache: our own prompt template
-(``harness/templates/alpaca_eval_judge.txt``), a text ``regex_parser`` on ``[[1]]``/``[[2]]`` (servers such as
-``transformers serve`` return no logprobs), and a client config whose client class reads the API key from the
-environment, so no key is ever written. alpaca_eval judges each pair once in a deterministic random order.
-Unparseable verdicts are dropped by alpaca_eval and counted here as errors (no re-ask on this path). A judge with
-structured outputs (the local vLLM server) is constrained to answer ``[[1]]`` or ``[[2]]``; ``info`` says so.
+(``harness/templates/alpaca_eval_judge.txt``) and a text ``regex_parser`` on ``[[1]]``/``[[2]]`` (servers such as
+``transformers serve`` return no logprobs). alpaca_eval renders the prompts and judges each pair once in a
+deterministic random order; its completions come from :class:`~selbench.judge.client.JudgeClient`
+(:func:`judge_completions` as alpaca_eval's ``fn_completions``), so AlpacaEval's judgments go through the same
+judgment cache, ledger, transport retries and re-asks of unparseable verdicts as the other judged evaluators, and
+the API key never leaves that client. A verdict still unparseable after the re-asks (or a call that failed) is
+dropped by alpaca_eval and counted here as an error, never a tie. A judge with structured outputs (the local vLLM
+server) is constrained to answer ``[[1]]`` or ``[[2]]``; ``info`` says so.
+
+Length control: ``lc_win_rate`` is alpaca_eval's own GLM, reported only when its hub file ``df_gamed.csv`` is
+given as a local file (``lc_gamed_file``) or can be fetched; otherwise the column is ``lc_win_rate_approx``, a
+length-only GLM that can be far from the official figure (docs/judges.md says how far and why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
-import os
+import re
+import time
 from importlib import resources
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..cache import atomic_write_text, stable_hash
+from ..cache import atomic_write_text, file_sha256, stable_hash
+from ..data import resolve_local
 from ..evaluate import EvalResult, Metric, register_evaluator
 from ..generate import Decoding, generate
 from ..vllm_engine import engine_setting, resolve_engine
-from .common import open_ended_dir, parse_section
+from .client import Ledger
+from .common import default_data_dir, open_ended_dir, parse_section
 
 log = logging.getLogger(__name__)
 
-try:  # the client class named in the client config; alpaca_eval imports it by dotted path
-    from openai import OpenAI as _OpenAI
-except ImportError:  # pragma: no cover
-    _OpenAI = object
-
-
-class JudgeOpenAI(_OpenAI):
-    """``openai.OpenAI`` that takes the *name* of the key's environment variable instead of the key."""
-
-    def __init__(self, api_key_env: str | None = None, **kwargs):
-        key = os.environ.get(api_key_env or "", "") or "EMPTY"
-        super().__init__(api_key=key, **kwargs)
+VERDICT = re.compile(r"\[\[([12])\]\]")  # the first one counts, as in the annotator's regex_parser
 
 
 class AlpacaEvalSettings(BaseModel):
@@ -52,6 +52,10 @@ class AlpacaEvalSettings(BaseModel):
     max_new_tokens: int = Field(1024, gt=0)
     batch_size: int = Field(8, gt=0)
     judge_max_tokens: int = Field(16, gt=0)
+    lc_gamed_file: str | None = Field(
+        None, description="a local copy of alpaca_eval's hub file df_gamed.csv (dataset tatsu-lab/alpaca_eval), "
+                          "for its own length-controlled GLM offline; relative to the data directory or absolute. "
+                          "null = fetch it from the hub (its local cache or the network)")
 
 
 def reference_outputs(ctx, s: AlpacaEvalSettings) -> list[dict[str, Any]]:
@@ -73,35 +77,49 @@ def write_annotator_config(judge, s: AlpacaEvalSettings, cache) -> tuple[str, An
                        "temperature": judge.temperature, **({"constraint": constraint} if constraint else {})})
     name = f"selbench_{key}"
     root = cache.path("alpaca_eval", key)
-    client_cfg = {"default": [{"client_class": f"{__name__}.JudgeOpenAI", "base_url": judge.base_url,
-                               "api_key_env": judge.api_key_env,
-                               "max_retries": judge.max_retries, "timeout": judge.timeout_s}]}
-    body = {**(judge.extra_body or {}), **({"structured_outputs": constraint} if constraint else {})}
-    extra = {"extra_body": body} if body else {}
-    annotator = {name: {
+    annotator = {name: {  # fn_completions: given at run time (judge_completions)
         "prompt_template": f"{name}/template.txt",
-        "fn_completions": "openai_completions",
-        "completions_kwargs": {"model_name": judge.model, "max_tokens": s.judge_max_tokens,
-                               "temperature": judge.temperature, "requires_chatml": True, "price_per_token": 0,
-                               "num_procs": judge.max_concurrency, "client_config_path": str(root / "client.yaml"),
-                               **extra},
         "fn_completion_parser": "regex_parser",
         # (?s).* swallows the rest, so only the first verdict in a judgment counts
         "completion_parser_kwargs": {"outputs_to_match": {1: r"(?s)\[\[1\]\].*", 2: r"(?s)\[\[2\]\].*"}},
         "batch_size": 1,
     }}
     atomic_write_text(root / name / "template.txt", template)
-    atomic_write_text(root / "client.yaml", yaml.safe_dump(client_cfg))
     atomic_write_text(root / name / "configs.yaml", yaml.safe_dump(annotator))
     return name, root / name / "configs.yaml"
 
 
+def _verdict(text: str) -> int | None:
+    m = VERDICT.search(text)
+    return int(m[1]) if m else None
+
+
+def judge_completions(judge, s: AlpacaEvalSettings, ledger):
+    """alpaca_eval's ``fn_completions`` on ``judge`` (a JudgeClient): each prompt, a ChatML text that alpaca_eval
+    rendered from the template, is one judgment; a text without ``[[1]]`` or ``[[2]]`` is re-asked like any
+    other unparseable verdict."""
+    from alpaca_eval.utils import prompt_to_chatml
+
+    def fn_completions(prompts, **_):
+        t0 = time.perf_counter()
+        verdicts = judge.judge_many([prompt_to_chatml(p.strip()) for p in prompts], _verdict, ledger,
+                                    desc="AlpacaEval judging", max_tokens=s.judge_max_tokens,
+                                    constraint=verdict_constraint(judge))
+        n = len(prompts)
+        # " " for no text, as alpaca_eval's OpenAI decoder does; its parser then finds no verdict (an error)
+        return {"completions": [v.text or " " for v in verdicts], "price_per_example": [0.0] * n,
+                "time_per_example": [(time.perf_counter() - t0) / max(n, 1)] * n}
+
+    return fn_completions
+
+
 def lc_fallback(prefs: list[float], len_model: list[int], len_ref: list[int], n_boot: int = 200,
                 seed: int = 0) -> tuple[float, float | None]:
-    """Length-controlled win rate without the hub's ``df_gamed.csv``: a logistic GLM of the preference on
-    tanh(standardised length difference) with an intercept; the LC win rate is the predicted preference at equal
-    length, 100·sigmoid(intercept) (AlpacaEval's LC formula minus its instruction-difficulty term). Stderr by
-    bootstrap."""
+    """An *approximation* of the length-controlled win rate, for when alpaca_eval's GLM cannot run (no
+    ``df_gamed.csv``): a logistic GLM of the preference on tanh(standardised length difference) with an intercept,
+    fitted on this model's annotations alone; the value is the predicted preference at equal length,
+    100·sigmoid(intercept). It lacks AlpacaEval's instruction-difficulty term and its regularisation towards the
+    length-gamed baselines, so it can be far from the official figure (docs/judges.md). Stderr by bootstrap."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -146,8 +164,8 @@ def _float_preference_annotator():
     return FloatPreferenceAnnotator
 
 
-@register_evaluator("alpaca_eval", needs_judge=True, version="4", settings=AlpacaEvalSettings,
-                    headline=("win_rate", "lc_win_rate"))
+@register_evaluator("alpaca_eval", needs_judge=True, version="5", settings=AlpacaEvalSettings,
+                    headline=("win_rate", "lc_win_rate", "lc_win_rate_approx"))
 def alpaca_eval(model, spec, ctx) -> EvalResult:
     import pandas as pd
     from alpaca_eval.metrics import get_winrate
@@ -159,14 +177,18 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
     answers = [a[0] for a in generate(model, [[r["instruction"]] for r in refs], dec, ctx.cache, desc="AlpacaEval")]
     ours = [{"instruction": r["instruction"], "output": a, "generator": model.name, "dataset": r.get("dataset")}
             for r, a in zip(refs, answers)]
-    judge = ctx.judge
+    judge, ledger = ctx.judge, Ledger()
     name, config = write_annotator_config(judge, s, ctx.cache)
     annotator = _float_preference_annotator()(annotators_config=str(config), seed=0, base_dir=str(config.parents[1]),
-                                              caching_path=str(config.parent / "annotations.json"))
+                                              caching_path=str(config.parent / "annotations.json"),
+                                              fn_completions=judge_completions(judge, s, ledger))
     annotations = annotator.annotate_head2head(outputs_1=refs, outputs_2=ours)
     df = pd.DataFrame(annotations)
     if "preference" not in df:
         df["preference"] = float("nan")
+    if "instruction" in df:  # index = position in the reference file (the LC GLM's instruction-difficulty key)
+        position = {r["instruction"]: i for i, r in enumerate(refs)}
+        df.index = pd.Index([position.get(x, -1) for x in df["instruction"]])
     ok = df[df["preference"].notna()]
     n_err = len(refs) - len(ok)
     metrics: dict[str, Metric] = {}
@@ -177,8 +199,9 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
         wr = get_winrate(ok)
         metrics["win_rate"] = Metric(float(wr["win_rate"]), _num(wr.get("standard_error")))
         metrics["discrete_win_rate"] = Metric(float(wr["discrete_win_rate"]))
-        lc, lc_se, info["lc_method"] = _length_controlled(ok, len(refs))
-        metrics["lc_win_rate"] = Metric(lc, lc_se)
+        name, lc, lc_se, lc_info = _length_controlled(ok, s, ctx)
+        metrics[name] = Metric(lc, lc_se)
+        info.update(lc_info)
     by_instr = {a["instruction"]: a for a in annotations}
     details = []
     for r, o in zip(refs, ours):
@@ -192,7 +215,7 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
     counts = {"instructions": len(refs), "judgments": len(refs), "annotated": len(ok), "errors": n_err,
               "parse_errors": n_err,
               "model_wins": int((ok["preference"] > 1.5).sum()), "reference_wins": int((ok["preference"] < 1.5).sum()),
-              "draws": int((ok["preference"] == 1.5).sum())}
+              "draws": int((ok["preference"] == 1.5).sum()), **ledger.as_counts()}
     return EvalResult(metrics, details, counts, info)
 
 
@@ -204,16 +227,44 @@ def _num(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _length_controlled(ok, n_total: int) -> tuple[float, float | None, str]:
-    """AlpacaEval's own LC GLM when it can run (full 805 set, hub file reachable), else :func:`lc_fallback`."""
-    if n_total == 805 and len(ok) == 805:
-        try:
-            from alpaca_eval.metrics import get_length_controlled_winrate
+def _length_controlled(ok, s: AlpacaEvalSettings, ctx) -> tuple[str, float, float | None, dict[str, Any]]:
+    """``("lc_win_rate", value, stderr, info)`` from alpaca_eval's own GLM (``get_length_controlled_winrate``,
+    ``length_controlled_v1``) when its hub file ``df_gamed.csv`` is given (``lc_gamed_file``) or can be fetched;
+    otherwise ``("lc_win_rate_approx", ...)`` from :func:`lc_fallback`, named as the approximation it is.
 
-            r = get_length_controlled_winrate(ok.copy(), save_weights_dir=None)
-            return float(r["length_controlled_winrate"]), _num(r.get("lc_standard_error")), "alpaca_eval_glm"
-        except Exception as e:  # offline: df_gamed.csv is only on the hub
-            log.info("alpaca_eval LC GLM unavailable (%s); using the length-only fallback", type(e).__name__)
+    ``ok`` keeps each annotation's position in the reference file as its index: the GLM looks up each
+    instruction's difficulty in ``df_gamed.csv`` by that position (the reference files list the 805 instructions
+    in alpaca_eval's order, and ``max_instances`` takes the first N)."""
+    gamed = None
+    if s.lc_gamed_file:
+        gamed = resolve_local(s.lc_gamed_file, ctx.data_dir or default_data_dir())
+        if gamed is None:
+            raise FileNotFoundError(f"evaluation.alpaca_eval.lc_gamed_file: {s.lc_gamed_file} not found")
+    try:
+        value, se = alpaca_eval_lc(ok, gamed)
+        source = {"lc_gamed_file": str(gamed), "lc_gamed_sha256": file_sha256(gamed)} if gamed else \
+            {"lc_gamed_file": "hub:tatsu-lab/alpaca_eval/df_gamed.csv"}
+        return "lc_win_rate", value, se, {"lc_method": "alpaca_eval_glm", "lc_n": len(ok), **source}
+    except Exception as e:  # offline without the file (LocalEntryNotFoundError), or a GLM that cannot fit
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        (log.warning if gamed else log.info)("alpaca_eval LC GLM unavailable (%s); reporting lc_win_rate_approx",
+                                             reason)
     lc, se = lc_fallback(ok["preference"].astype(float).tolist(), [len(o) for o in ok["output_2"]],
                          [len(o) for o in ok["output_1"]])
-    return lc, se, "length_logistic_fallback"
+    return "lc_win_rate_approx", lc, se, {"lc_method": "length_logistic_fallback", "lc_unavailable": reason}
+
+
+def alpaca_eval_lc(annotations, gamed_file=None) -> tuple[float, float | None]:
+    """alpaca_eval's ``get_length_controlled_winrate`` (its default GLM) on ``annotations`` (a DataFrame with
+    ``preference``, ``output_1`` (reference), ``output_2``, ``generator_1``, ``generator_2``, ``annotator``; its
+    index = the instructions' positions in the 805). ``gamed_file``: a local ``df_gamed.csv``, fed to alpaca_eval in
+    place of its hub download; ``None`` = its own download (hub cache or network)."""
+    from unittest import mock
+
+    from alpaca_eval.metrics import glm_winrate
+
+    patch = mock.patch.object(glm_winrate, "hf_hub_download", lambda **_: str(gamed_file)) if gamed_file else \
+        contextlib.nullcontext()
+    with patch:
+        r = glm_winrate.get_length_controlled_winrate(annotations.copy(), save_weights_dir=None)
+    return float(r["length_controlled_winrate"]), _num(r.get("lc_standard_error"))

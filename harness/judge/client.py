@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from ..cache import ArtifactCache, stable_hash
+from ..cache import ArtifactCache
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ class JudgeClient:
     identity: dict[str, Any]
     cache: ArtifactCache | None = None
     api_key: str = field(default="EMPTY", repr=False)
-    api_key_env: str | None = None  # the variable's name, for tools (alpaca_eval) that build their own client
     max_concurrency: int = 4
     max_retries: int = 5
     max_parse_retries: int = 2
@@ -126,17 +125,20 @@ class JudgeClient:
         """The judge's text for ``messages`` (cached). Raises after ``max_retries`` failed transport retries."""
         ledgers = (self.ledger, *ledgers)
         params = self._params(attempt, max_tokens, constraint)
-        key = stable_hash({"judge": self.identity, "messages": messages, "params": params})
-        if self.cache is not None:
-            hit = self.cache.get_json("judgments", key)
-            if hit is not None:
-                self._count(ledgers, cached=1)
-                return hit["text"]
-        text, usage = self._request(messages, params, ledgers)
-        self._count(ledgers, prompt_tokens=usage[0], completion_tokens=usage[1])
-        if self.cache is not None:
-            self.cache.put_json("judgments", key, {"text": text, "judge": self.identity, "params": params})
-        return text
+
+        def ask() -> dict[str, Any]:
+            text, usage = self._request(messages, params, ledgers)
+            self._count(ledgers, prompt_tokens=usage[0], completion_tokens=usage[1])
+            return {"text": text, "judge": self.identity, "params": params}
+
+        if self.cache is None:
+            return ask()["text"]
+        inputs = {"judge": self.identity, "messages": messages, "params": params}
+        # The judge's identity names the judge, its engine and device included: the policy adds nothing.
+        art = self.cache.get_or_compute("judgments", inputs, ask, engine=None, device=None)
+        if art.hit:
+            self._count(ledgers, cached=1)
+        return art.value["text"]
 
     def _request(self, messages: Messages, params: dict[str, Any], ledgers) -> tuple[str, tuple[int, int]]:
         import openai

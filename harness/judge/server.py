@@ -176,8 +176,7 @@ def open_judge(spec, cache: ArtifactCache) -> Iterator[JudgeClient]:
     base_url = spec.base_url or "https://api.openai.com/v1"
     key = os.environ.get(spec.api_key_env or "", "") or "EMPTY"
     client = JudgeClient.from_spec(spec, base_url, spec.model, {"kind": "openai", "model": spec.model,
-                                                                 "base_url": base_url}, cache, api_key=key,
-                                 api_key_env=spec.api_key_env)
+                                                                 "base_url": base_url}, cache, api_key=key)
     try:
         yield client
     finally:
