@@ -37,7 +37,9 @@ def print_leaderboard(board: str, out: dict, ws: Workspace, protocol) -> None:
     if t.empty:
         return
     metrics = [m for m in headline_columns(list(t.columns), protocol) if f"{m}:ci_low" in t][:4]
-    table = Table("method", "budget", "seeds", *metrics, title=f"{board} (95% intervals; Δr vs random)")
+    short = [m.split("/", 1)[-1] for m in metrics]  # the evaluator is in the title; keep the columns narrow
+    table = Table("method", "budget", "seeds", *short,
+                  title=f"{board}: {', '.join(sorted({m.split('/')[0] for m in metrics}))} (95% intervals; Δr vs random)")
     for _, r in t.iterrows():
         cells = []
         for m in metrics:
