@@ -198,6 +198,19 @@ class ArtifactCache:
     def path(self, kind: str, key: str, suffix: str = "") -> Path:
         return self.root / kind / f"{key}{suffix}"
 
+    @contextlib.contextmanager
+    def scratch(self, name: str) -> Iterator[Path]:
+        """A temporary directory under ``<root>/tmp`` for a process's working files (a judge server's home and
+        log, vLLM's sockets), removed when the block ends; one that a killed run left is removed by the next."""
+        parent = self.root / "tmp"
+        parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(parent)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=_scratch_suffix()))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def get_json(self, kind: str, key: str) -> Any | None:
         """A JSON artifact by its key (e.g. a record's selection key), or None."""
         p = self.path(kind, key, ".json")

@@ -1,4 +1,4 @@
-"""``selbench``: methods | run | refresh | leaderboard."""
+"""``selbench``: methods | check | run | refresh | leaderboard | score-judgments | contamination."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import registry
+from .errors import JudgeUnavailable
 from .paths import Workspace
 from .protocol import ProtocolError
 
@@ -23,10 +24,26 @@ RootOpt = typer.Option(None, "--root", help="Project root holding leaderboards/ 
 PluginOpt = typer.Option(None, "--plugin", help="Python file registering extra methods (repeatable).")
 
 
+# Third-party messages that say nothing to a selbench user (the harness sets these options on purpose).
+UNINFORMATIVE = ("Overwriting default num_fewshot", "Custom kwargs can be passed", "--metadata=",
+                 "max_seq_lengths", "Generating train split")
+
+
+class _DropUninformative(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(s in record.getMessage() for s in UNINFORMATIVE)
+
+
 def _setup(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "datasets", "lm_eval", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_DropUninformative())
+        import datasets
+
+        datasets.disable_progress_bars()  # "Generating train split" for every local file read
 
 
 def print_leaderboard(board: str, out: dict, ws: Workspace, protocol) -> None:
@@ -86,6 +103,19 @@ def ad_hoc_entry(board: str, method: str, params: list[str] | None, label: str |
     return MethodEntry(name=method, params=parsed, label=label)
 
 
+SkipPreflightOpt = typer.Option(False, "--skip-preflight", help="start without checking the board first (experts)")
+
+
+def _preflight_or_exit(root: Path | None, board: str, plugins, ad_hoc=()) -> None:
+    from .preflight import format_report, preflight
+
+    rep = preflight(Workspace.at(root), board, tuple(map(str, plugins or [])), tuple(ad_hoc))
+    if not rep.ok:
+        console.print(format_report(rep), markup=False, highlight=False, soft_wrap=True)
+        console.print("[red]preflight failed:[/] nothing was run (fix the problems above, or --skip-preflight)")
+        raise typer.Exit(2)
+
+
 def _fail(msg: str) -> None:
     console.print(f"[red]error:[/] {msg}")
     raise typer.Exit(2)
@@ -105,13 +135,29 @@ def list_methods(plugin: Optional[List[Path]] = PluginOpt):
     console.print(table)
 
 
+@app.command("check")
+def check(board: str = typer.Option(..., "--board"), plugin: Optional[List[Path]] = PluginOpt,
+          root: Optional[Path] = RootOpt,
+          no_probe: bool = typer.Option(False, "--no-probe", help="don't send the judge endpoint a request")):
+    """Preflight a board without running it: protocol, pool, methods' parameters, evaluators' data files, models,
+    judge endpoint and key, wandb credentials, free disk. Exits 1 listing every problem."""
+    from .preflight import format_report, preflight
+
+    _setup(False)
+    rep = preflight(Workspace.at(root), board, tuple(map(str, plugin or [])), check_endpoint=not no_probe)
+    console.print(format_report(rep), markup=False, highlight=False, soft_wrap=True)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
 @app.command()
 def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..., "--method"),
         budget: Optional[str] = typer.Option(None, "--budget", help="count or fraction; default: every budget"),
         seed: Optional[int] = typer.Option(None, "--seed", help="default: every seed of the protocol"),
         force: bool = typer.Option(False, "--force"), plugin: Optional[List[Path]] = PluginOpt,
         param: Optional[List[str]] = ParamOpt, label: Optional[str] = LabelOpt,
-        root: Optional[Path] = RootOpt, verbose: bool = typer.Option(False, "-v")):
+        root: Optional[Path] = RootOpt, skip_preflight: bool = SkipPreflightOpt,
+        verbose: bool = typer.Option(False, "-v")):
     """Run one row's cells (every budget and seed unless given) and update the leaderboard. A method the protocol
     does not list (e.g. from --plugin), or one given --param, runs as an ad hoc row without editing the protocol."""
     from .pipeline import Board
@@ -120,6 +166,8 @@ def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..
     try:
         registry.load_all([str(p) for p in plugin or []])
         entry = ad_hoc_entry(board, method, param, label, root)
+        if not skip_preflight:
+            _preflight_or_exit(root, board, plugin, (entry,) if entry else ())
         b = Board(Workspace.at(root), board, tuple(map(str, plugin or [])), ad_hoc=(entry,) if entry else ())
         cells = b.cells([entry.row if entry else method])
         if budget is not None:
@@ -136,7 +184,7 @@ def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..
         finally:
             b.close()
         b.leaderboard()
-    except (ProtocolError, registry.RegistryError, ValueError, FileNotFoundError) as e:
+    except (ProtocolError, registry.RegistryError, ValueError, FileNotFoundError, JudgeUnavailable) as e:
         _fail(str(e))
 
 
@@ -147,7 +195,7 @@ def refresh(board: str = typer.Option(..., "--board"),
             param: Optional[List[str]] = ParamOpt, label: Optional[str] = LabelOpt,
             force: bool = typer.Option(False, "--force", help="recompute cells even if their record is current"),
             plugin: Optional[List[Path]] = PluginOpt, root: Optional[Path] = RootOpt,
-            verbose: bool = typer.Option(False, "-v")):
+            skip_preflight: bool = SkipPreflightOpt, verbose: bool = typer.Option(False, "-v")):
     """Run the board's whole matrix (skipping cells whose result is current) and regenerate the leaderboard."""
     from .pipeline import refresh as do_refresh
 
@@ -158,6 +206,8 @@ def refresh(board: str = typer.Option(..., "--board"),
         if method:
             registry.load_all([str(p) for p in plugin or []])
             entry = ad_hoc_entry(board, method, param, label, root)
+        if not skip_preflight:
+            _preflight_or_exit(root, board, plugin, (entry,) if entry else ())
         s = do_refresh(Workspace.at(root), board, rows or None, force, [str(p) for p in plugin or []],
                        ad_hoc=(entry,) if entry else ())
     except (ProtocolError, registry.RegistryError, ValueError, FileNotFoundError) as e:
@@ -167,6 +217,8 @@ def refresh(board: str = typer.Option(..., "--board"),
                   f"({s.leaderboard['rows']} rows)")
     for cell, err in s.failed.items():
         console.print(f"[red]failed[/] {cell}: {err}")
+    if s.stopped:
+        console.print(f"[red]{s.stopped}[/]")
     from .protocol import load_protocol
 
     ws = Workspace.at(root)

@@ -2,7 +2,8 @@
 
 ``@register_evaluator("name", settings=Model, headline=(...))`` registers ``fn(model, spec, ctx) -> EvalResult``;
 the protocol's ``evaluation.<name>`` section is ``spec`` (validated against ``settings`` when the board loads), and
-``headline`` names the metrics the leaderboard shows. The registry is a leaf: it imports no evaluator. Built-ins
+``headline`` names the metrics the leaderboard shows; ``preflight(spec, ctx)`` loads the data files it will read
+(``selbench check``). The registry is a leaf: it imports no evaluator. Built-ins
 (lm-eval benchmarks in :mod:`selbench.lm_eval_runner`, reference likelihood in :mod:`selbench.ref_likelihood`, the
 LLM-judged suites in :mod:`selbench.judge`) and third-party packages' evaluators (entry-point group
 ``selbench.evaluators``) are imported by name when the registry is first read, as lm-eval finds its tasks.
@@ -95,6 +96,9 @@ class EvaluatorSpec:
     version: str = "1"
     settings: Any = None  # a pydantic model of the protocol section, validated when the board loads
     headline: tuple[str, ...] = ()  # metric keys (without the evaluator prefix) shown on the leaderboard
+    # preflight(spec, ctx) -> one-line summary: loads the data files the evaluator will read, raising
+    # FileNotFoundError/ValueError naming what is missing; `selbench check` runs it before any work
+    preflight: Callable[[Any, "EvalContext"], str] | None = None
 
     def validate(self, section: Any, where: str) -> None:
         if self.settings is None:
@@ -117,10 +121,11 @@ _LOADED = False
 
 
 def register_evaluator(name: str, *, needs_judge: bool = False, needs_baselines: tuple[str, ...] = (),
-                       version: str = "1", settings: Any = None, headline: tuple[str, ...] = ()):
+                       version: str = "1", settings: Any = None, headline: tuple[str, ...] = (),
+                       preflight: Callable[[Any, EvalContext], str] | None = None):
     def deco(fn):
         EVALUATORS[name] = EvaluatorSpec(name, fn, needs_judge, tuple(needs_baselines), version, settings,
-                                         tuple(headline))
+                                         tuple(headline), preflight)
         return fn
 
     return deco

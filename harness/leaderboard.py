@@ -4,7 +4,8 @@
 One row per method x budget (mean over seeds), a column per metric, the base-model reference row first. Every
 headline metric with per-item scores carries the row's 95% interval, its paired difference to ``random`` at the
 same budget (interval, BH-adjusted p-value, ▲/▼) and to ``full``; the header states each metric's noise floor
-(:mod:`selbench.compare`, :mod:`selbench.stats`). Only records of the board's current protocol hash are used;
+(:mod:`selbench.compare`, :mod:`selbench.stats`) and each judged metric's judge-bias diagnostics
+(:mod:`selbench.judge_bias`, also in ``judge_bias.csv``). Only records of the board's current protocol hash are used;
 others are counted and named in the header so a stale result is never silently mixed in.
 """
 
@@ -146,8 +147,20 @@ def _num(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
 
+def judge_bias_lines(bias: list | None) -> list[str]:
+    """The header's judge-bias block: one line per judged metric (none for a board without judged metrics)."""
+    if not bias:
+        return []
+    legend = ("**Judge bias** (per judged metric, pooled over the board's cells; `judge_bias.csv`, "
+              "docs/judges.md): length ρ is Spearman's correlation of the verdict with answer length in "
+              "characters [95% bootstrap interval], a correlation, not a causal effect; first-shown wins: the "
+              "share of decisive verdicts won by the answer shown first (0.5 = no position bias); flip rate: the "
+              "share of verdicts that change when the two answers swap places [95% Wilson intervals].")
+    return [legend, "", *[f"- {b.sentence()}" for b in bias], ""]
+
+
 def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str],
-                    floors: dict[str, Any] | None = None) -> str:
+                    floors: dict[str, Any] | None = None, bias: list | None = None) -> str:
     metric_cols = headline_columns(list(agg.columns), protocol)
     judged = "judged" in agg and agg["judged"].fillna(0).gt(0).any()
     head = ["method", "family", "budget", "seeds", *metric_cols, *(["judge errors"] if judged else []),
@@ -167,6 +180,7 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
         lines += ["**No intervals or tests on this board yet**: no headline metric has per-item scores in a "
                   "`random` row and another row (records written before selbench stored item IDs need a "
                   "refresh). The values below are bare means: do not read differences into them.", ""]
+    lines += judge_bias_lines(bias)
     lines += ["Cells: mean over seeds [95% interval], then `Δr`: the paired difference to `random` at the same "
               "budget ± half its 95% interval (hierarchical bootstrap over seeds and items, Student-t with "
               "Satterthwaite df; `selbench/stats.py`). ▲/▼: significantly better/worse than random after "
@@ -216,6 +230,7 @@ def attach_comparisons(agg: pd.DataFrame, comps) -> pd.DataFrame:
 def build_leaderboard(results_dir: Path, board_dir: Path, board: str, protocol) -> dict[str, Any]:
     """Regenerate the board's tables; files are rewritten only when their content changes."""
     from .compare import compare_board, read_item_scores
+    from .judge_bias import bias_csv, board_judge_bias
     from .report_html import render_leaderboard_html
 
     df, stale, records = records_frame(results_dir, board, protocol.hash)
@@ -229,15 +244,17 @@ def build_leaderboard(results_dir: Path, board_dir: Path, board: str, protocol) 
         comps, floors = compare_board(scores, direction, metrics)
         agg = attach_comparisons(agg, comps)
     agg = overlap_column(agg, board_dir)  # contamination.json (selbench contamination): per-method overlap column
-    md = render_markdown(board, protocol, agg, len(df), stale, floors)
+    bias = board_judge_bias(records)
+    md = render_markdown(board, protocol, agg, len(df), stale, floors, bias)
     md += f"\n{overlap_legend(board_dir)}\n" if OVERLAP_COLUMN in agg else ""
     csv = agg.round(6).to_csv(index=False, float_format="%.6g")
     long = pd.DataFrame([c.as_dict() for c in comps]).round(6).to_csv(index=False, float_format="%.6g") \
         if comps else ""
-    page, figures = render_leaderboard_html(board, protocol, agg, records, floors, md)
+    page, figures = render_leaderboard_html(board, protocol, agg, records, floors, md, bias=bias)
     outputs = [("LEADERBOARD.md", md), ("leaderboard.csv", csv)] + ([("comparisons.csv", long)] if long else []) \
-        + [("leaderboard.html", page)]
+        + ([("judge_bias.csv", bias_csv(bias))] if bias else []) + [("leaderboard.html", page)]
     changed = [name for name, text in outputs if write_if_changed(board_dir / name, text)]
     return {"rows": len(agg), "records": len(df), "stale": len(stale), "changed": changed, "table": agg,
             "comparisons": comps, "noise_floor": {m: f.as_dict() for m, f in floors.items()},
+            "judge_bias": [b.as_dict() for b in bias],
             "figures": figures, "html": board_dir / "leaderboard.html"}

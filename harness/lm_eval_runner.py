@@ -74,7 +74,48 @@ def sample_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-@register_evaluator("lm_eval", version="2", settings=LmEvalSpec)
+def _task_config(name: str) -> dict[str, Any]:
+    """A local task's YAML with its ``include`` merged; ``!function`` tags are kept as their dotted name."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    cfg = yaml.load((TASKS_DIR / f"{name}.yaml").read_text(encoding="utf-8"), Loader=Loader)
+    if "include" in cfg:
+        base = yaml.load((TASKS_DIR / cfg.pop("include")).read_text(encoding="utf-8"), Loader=Loader)
+        cfg = {**base, **cfg, "dataset_kwargs": {**base.get("dataset_kwargs", {}), **cfg.get("dataset_kwargs", {})}}
+    return cfg
+
+
+def check_data(spec: Any, ctx: EvalContext) -> str:
+    """Load every local task's documents through its own loader (a group: each member's)."""
+    import importlib.util
+
+    mod_spec = importlib.util.spec_from_file_location("selbench_local_task_loaders", TASKS_DIR / "loaders.py")
+    loaders = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(loaders)  # as lm-eval imports a task's `!function loaders.x`
+    spec = LmEvalSpec.model_validate(spec)
+    local, todo, n_docs = local_task_names(), list(spec.tasks), 0
+    env = {"SELBENCH_DATA_DIR": str(ctx.data_dir)} if ctx.data_dir is not None else {}
+    with scoped_environ(env):
+        while todo:
+            name = todo.pop()
+            if name not in local:
+                if name.endswith("_local"):
+                    raise ValueError(f"lm_eval task {name!r} is not a local task (local: {sorted(local)})")
+                continue  # a task from lm-eval's own index: the hub is asked when it runs
+            cfg = _task_config(name)
+            if "group" in cfg:
+                todo += list(cfg.get("task", []))
+                continue
+            loader = getattr(loaders, str(cfg["custom_dataset"]).rsplit(".", 1)[-1])
+            n_docs += len(loader(**cfg.get("dataset_kwargs", {}))[cfg.get("test_split", "test")])
+    return f"{len(spec.tasks)} tasks, {n_docs} local documents"
+
+
+@register_evaluator("lm_eval", version="2", settings=LmEvalSpec, preflight=check_data)
 def run_lm_eval(model: ModelUnderTest, spec: dict[str, Any], ctx: EvalContext) -> EvalResult:
     from lm_eval import simple_evaluate
 

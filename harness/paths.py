@@ -86,7 +86,8 @@ class Workspace:
 
     @property
     def wandb_dir(self) -> Path:
-        return self.root / ".cache"
+        """wandb's ``dir``: its runs go to ``<cache dir>/wandb/``, with every other artifact."""
+        return self.cache_dir
 
     @property
     def data_dir(self) -> Path | None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from . import registry
 from .cache import ArtifactCache, stable_hash
 from .data import Pool, load_pool
+from .errors import JudgeUnavailable
 from .evaluate import (EvalContext, ModelUnderTest, check_evaluation, configured_evaluators, evaluate_cached,
                        load_evaluators, metric_json)
 from .leaderboard import build_leaderboard
@@ -189,6 +190,8 @@ class Board:
                 continue  # e.g. the full cell: there is no random model of the whole pool's size to compare with
             budget = self.pool.n_trainable if full_pool else cell.budget
             ref_cell = Cell(ref, budget, cell.seed)
+            console.print(f"[bold]{self.name}[/] {cell}: baseline {ref_cell} for the comparison (select and train "
+                          f"unless cached)")
             selection, _ = self.select(ref_cell)
             out[ref], _ = self.train(selection, cell.seed)
         return out
@@ -242,7 +245,8 @@ class Board:
                      "source": portable_path(self.pool.report.get("source"), self.ws.root)},
             "selection": {"hash": selection.hash, "size": len(selection.ids), "notes": selection.notes,
                           "ids": None if spec.full_pool else selection.ids,  # the full row: the pool
-                          "key": sel_meta["key"], "cost": {k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "device", "signals", "cached")},
+                          "key": sel_meta["key"], "cost": {**{k: sel_meta.get(k) for k in ("wall_s", "cpu_s", "device", "signals", "cached")},
+                                   **({"judge": j} if (j := (sel_meta.get("stats") or {}).get("judge")) else {})},
                           "untrainable": selection.extras.get("untrainable")},  # rows it could not select, why
             "training": {k: v for k, v in train_report.items() if k != "loss_curve"},
             "metrics": metrics, "evaluation": eval_summary,
@@ -308,6 +312,7 @@ class RefreshSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    stopped: str | None = None  # why the refresh ended before its last cell
     leaderboard: dict[str, Any] = field(default_factory=dict)
 
 
@@ -317,21 +322,25 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
     """Run every cell of the board that has no current record, then regenerate its leaderboard."""
     board = Board(ws, board_name, tuple(plugins), ad_hoc=tuple(ad_hoc))
     summary = RefreshSummary()
-    board.cells(rows)  # load and validate the pool (and the method list) before any expensive work
+    # `--force --methods X` recomputes X's rows only; the base row is forced by a full --force
+    jobs = [(BASE_ROW, lambda: board.run_base(force and not rows))] if include_base else []
+    jobs += [(str(cell), lambda cell=cell: board.run_cell(cell, force))  # the pool loads and validates here,
+             for cell in board.cells(rows)]                                # before any expensive work
     try:
-        if include_base:
-            status, _ = board.run_base(force)
-            (summary.done if status == "done" else summary.skipped).append(BASE_ROW)
-        for cell in board.cells(rows):
+        for name, run in jobs:
             try:
-                status, _ = board.run_cell(cell, force)
+                status, _ = run()
             except KeyboardInterrupt:
                 raise
+            except JudgeUnavailable as e:  # every later judged cell would fail the same way: stop here
+                summary.failed[name] = str(e)
+                summary.stopped = f"stopped: {e}; the next refresh retries what is missing"
+                break
             except Exception as e:  # one broken method must not stop the others
-                log.exception("cell %s failed", cell)
-                summary.failed[str(cell)] = f"{type(e).__name__}: {e}"
+                log.exception("cell %s failed", name)
+                summary.failed[name] = f"{type(e).__name__}: {e}"
                 continue
-            (summary.done if status == "done" else summary.skipped).append(str(cell))
+            (summary.done if status == "done" else summary.skipped).append(name)
     finally:
         board.close()
     summary.leaderboard = board.leaderboard()

@@ -103,10 +103,12 @@ class JudgeSpec(_Strict):
     base_url: str | None = None
     api_key_env: str | None = "OPENAI_API_KEY"
     server: Literal["transformers", "llama_cpp", "vllm"] = "transformers"  # vllm: verdicts are format-constrained
-    max_concurrency: int = Field(4, gt=0)
+    max_concurrency: int = Field(4, gt=0, description="requests in flight; a local transformers or llama.cpp "
+                                 "server answers one at a time, so it gets one")
     max_retries: int = Field(5, ge=0)
     max_parse_retries: int = Field(2, ge=0)
     timeout_s: float = Field(120, gt=0)
+    timeout_per_token_s: float = Field(0.25, ge=0, description="added to timeout_s per token a request may generate")
     temperature: float = 0.0
     max_tokens: int = 512
 

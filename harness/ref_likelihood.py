@@ -82,8 +82,13 @@ def _metric(values: list[float], higher_is_better: bool) -> Metric:
     return Metric(float(np.mean(values)), sem, higher_is_better)
 
 
+def check_data(spec: Any, ctx: EvalContext) -> str:
+    s = RefLikelihoodSettings.model_validate(spec or {})
+    return f"{len(reference_items(ctx, s))} reference answers ({', '.join(s.sets)})"
+
+
 @register_evaluator("ref_likelihood", version="2", settings=RefLikelihoodSettings,
-                    headline=("nll", "instruction_gain", "bpb"))
+                    headline=("nll", "instruction_gain", "bpb"), preflight=check_data)
 def ref_likelihood(model: ModelUnderTest, spec: Any, ctx: EvalContext) -> EvalResult:
     from .models import BaseModelHandle, ResolvedModel
     from .signals import SignalCache

@@ -47,6 +47,9 @@ class MethodSpec:
     # also ranks the pool's untrainable (empty-response) rows; the harness keeps them out of its selection
     # (selbench.data, selbench.select). Such a method must return its IDs in its own priority order.
     needs_output: bool | Callable[[dict[str, Any]], bool] = True
+    # Asks the protocol's LLM judge: its selection depends on the judge, whose identity then joins the selection's
+    # cache key (selbench.select.cached_selection).
+    uses_judge: bool = False
 
     def reads_output(self, params: dict[str, Any]) -> bool:
         return bool(self.needs_output({**self.defaults, **params}) if callable(self.needs_output)
@@ -79,7 +82,8 @@ def signature_defaults(fn: Callable) -> dict[str, Any]:
 
 def register_method(name: str, *, family: str, aspect: str, description: str, citation: str,
                     version: str = "1", reference: str = "", full_pool: bool = False,
-                    needs_output: bool | Callable[[dict[str, Any]], bool] = True) -> Callable:
+                    needs_output: bool | Callable[[dict[str, Any]], bool] = True,
+                    uses_judge: bool = False) -> Callable:
     """Decorator: register ``fn(pool, budget, ctx, **params)`` as selection method ``name``."""
     if family not in FAMILIES:
         raise RegistryError(f"method {name!r}: family {family!r} is not one of {FAMILIES}")
@@ -91,7 +95,7 @@ def register_method(name: str, *, family: str, aspect: str, description: str, ci
             raise RegistryError(f"method {name!r}: the function must take (pool, budget, ctx, **params)")
         defaults = {k: v for k, v in signature_defaults(fn).items() if v is not inspect.Parameter.empty}
         spec = MethodSpec(name, fn, family, aspect, description, citation, version, reference, defaults, full_pool,
-                          needs_output)
+                          needs_output, uses_judge)
         old = _REGISTRY.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise RegistryError(f"method {name!r} is registered twice ({old.fn.__module__} and {fn.__module__})")

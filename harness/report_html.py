@@ -9,6 +9,8 @@ Built by :func:`selbench.leaderboard.build_leaderboard` from the same table, pai
   better than random for every metric (lower-is-better metrics such as ``nll`` are sign-flipped for the colour);
 - cost against gain: selection + training seconds, and evaluation judge tokens where any were spent, against the
   difference to random on the first headline metric that has comparisons;
+- the judge-bias diagnostics of the judged metrics (:mod:`selbench.judge_bias`): length correlation, share of
+  first-shown wins and flip rate, each with its 95% interval;
 - the noise-floor sentences and the table, rendered from ``LEADERBOARD.md`` itself.
 
 plotly.js is embedded once, inline, so the page works with no network. The output is deterministic (fixed div ids,
@@ -245,8 +247,45 @@ def cost_figure(agg: pd.DataFrame, metric: str, higher: bool, tokens: dict[tuple
     return fig
 
 
+def _estimate_trace(fig: go.Figure, rows: list[tuple[str, Any]], name: str, symbol: str, col: int) -> None:
+    """One marker per (metric, Estimate) with its 95% interval as a horizontal error bar."""
+    rows = [(m, e) for m, e in rows if e is not None]
+    if not rows:
+        return
+    lo = [e.value - e.ci_low if e.ci_low is not None else 0 for _, e in rows]
+    hi = [e.ci_high - e.value if e.ci_high is not None else 0 for _, e in rows]
+    fig.add_trace(go.Scatter(
+        x=[e.value for _, e in rows], y=[m for m, _ in rows], mode="markers", name=name,
+        marker={"symbol": symbol, "size": 10}, customdata=[[e.ci_low, e.ci_high, e.n] for _, e in rows],
+        error_x={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo, "thickness": 1.2},
+        hovertemplate=f"<b>%{{y}}</b><br>{name} %{{x:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]"
+                      "<br>n %{customdata[2]}<extra></extra>"), row=1, col=col)
+
+
+def judge_bias_figure(bias: list) -> go.Figure | None:
+    """Per judged metric: Spearman's rho of verdict and answer length (left), the share of first-shown wins and
+    the flip rate (right), with 95% intervals."""
+    if not bias or not any(b.length or b.first_wins or b.flips for b in bias):
+        return None
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("length: Spearman ρ of verdict and answer length",
+                                        "position: first-shown wins (0.5 = none), flip rate"))
+    _estimate_trace(fig, [(b.metric, b.length) for b in bias], "length ρ", "circle", 1)
+    _estimate_trace(fig, [(b.metric, b.first_wins) for b in bias], "first-shown wins", "square", 2)
+    _estimate_trace(fig, [(b.metric, b.flips) for b in bias], "flip rate", "diamond", 2)
+    fig.add_vline(x=0, line={"color": "#222", "dash": "dot", "width": 1}, row=1, col=1)
+    fig.add_vline(x=0.5, line={"color": "#222", "dash": "dot", "width": 1}, row=1, col=2)
+    fig.update_xaxes(range=[-1.05, 1.05], row=1, col=1)
+    fig.update_xaxes(range=[-0.03, 1.03], row=1, col=2)
+    fig.update_yaxes(autorange="reversed", type="category", categoryorder="array",
+                     categoryarray=[b.metric for b in bias])
+    fig.update_layout(template=TEMPLATE, title="Judge bias (pooled over the board's cells)",
+                      height=max(260, 150 + 45 * len(bias)), margin={"l": 170, "r": 20, "t": 80, "b": 40})
+    return fig
+
+
 def board_figures(agg: pd.DataFrame, protocol, records: list[tuple[Path, dict[str, Any]]],
-                  floors: dict[str, Any]) -> dict[str, go.Figure]:
+                  floors: dict[str, Any], bias: list | None = None) -> dict[str, go.Figure]:
     """The page's figures by a stable id, in page order."""
     if agg.empty:
         return {}
@@ -266,6 +305,9 @@ def board_figures(agg: pd.DataFrame, protocol, records: list[tuple[Path, dict[st
         cost = cost_figure(agg, compared[0], direction.get(compared[0], True), judge_tokens(records), colours)
         if cost is not None:
             figs["cost-vs-gain"] = cost
+    judge = judge_bias_figure(bias or [])
+    if judge is not None:
+        figs["judge-bias"] = judge
     return figs
 
 
@@ -308,6 +350,15 @@ def render_page(board: str, markdown: str, figs: dict[str, go.Figure]) -> str:
                         "gained over <code>random</code> on the first headline metric with comparisons, with 95% "
                         "intervals; filled markers differ significantly from random.</p>"
                         + _figure_div("cost-vs-gain", figs["cost-vs-gain"]))
+    if "judge-bias" in figs:
+        sections.append("<h2>Judge bias</h2><p class=\"caption\">Per judged metric, pooled over the board's "
+                        "cells (the header above states each in words; <code>judge_bias.csv</code>). Left: "
+                        "Spearman's correlation of the verdict with answer length (MT-Bench: the rating; "
+                        "AlpacaEval and pairwise: the preference for the model against its length difference "
+                        "to the other answer), a correlation, not a causal effect. Right: the share of decisive "
+                        "verdicts won by the answer shown first (0.5 = no position bias) and the share of "
+                        "verdicts that change when the two answers swap places. 95% intervals.</p>"
+                        + _figure_div("judge-bias", figs["judge-bias"]))
     if not figs:
         sections.append("<p><em>No figures: the board has no current records with metrics yet.</em></p>")
     return "\n".join([
@@ -325,7 +376,9 @@ def render_page(board: str, markdown: str, figs: dict[str, go.Figure]) -> str:
 
 
 def render_leaderboard_html(board: str, protocol, agg: pd.DataFrame, records: list[tuple[Path, dict[str, Any]]],
-                            floors: dict[str, Any], markdown: str) -> tuple[str, dict[str, go.Figure]]:
-    """The page's text and its figures (also logged to wandb by :func:`selbench.tracking.log_leaderboard`)."""
-    figs = board_figures(agg, protocol, records, floors)
+                            floors: dict[str, Any], markdown: str, bias: list | None = None
+                            ) -> tuple[str, dict[str, go.Figure]]:
+    """The page's text and its figures (also logged to wandb by :func:`selbench.tracking.log_leaderboard`);
+    ``bias``: :func:`selbench.judge_bias.board_judge_bias` of the same records."""
+    figs = board_figures(agg, protocol, records, floors, bias)
     return render_page(board, markdown, figs), figs

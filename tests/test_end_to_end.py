@@ -13,7 +13,7 @@ from conftest import alpaca_rows
 from selbench import pipeline
 from selbench.cache import read_json
 from selbench.paths import Workspace
-from selbench.tracking import read_offline_run
+from selbench.tracking import read_offline_run, run_path
 
 PLUGIN = textwrap.dedent('''
     """A third-party method living outside the repository."""
@@ -87,7 +87,7 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     assert rec["protocol_hash"] in board_md
 
     # One offline wandb run per cell, readable back, with config, summary, artifact and table.
-    run = read_offline_run(ws.root / rec["wandb"]["dir"])
+    run = read_offline_run(run_path(rec["wandb"], ws.wandb_dir))
     assert run["run"]["id"] == rec["wandb"]["run_id"] and run["run"]["project"] == "selbench-test"
     assert run["run"]["job_type"] == "select-train-eval" and run["run"]["group"].startswith("tiny-refresh-")
     assert run["config"]["selection_hash"] == rec["selection"]["hash"]
@@ -97,7 +97,7 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     assert run["summary"]["selection/sample/nrows"] == 8
     assert any("train/loss" in h for h in run["history"])
     # One leaderboard summary run per refresh, in the refresh's group, with the leaderboard's tables and page.
-    board_run = read_offline_run(ws.root / s.leaderboard["wandb"]["dir"])
+    board_run = read_offline_run(run_path(s.leaderboard["wandb"], ws.wandb_dir))
     assert board_run["run"]["job_type"] == "leaderboard" and board_run["run"]["group"] == run["run"]["group"]
     assert board_run["summary"]["leaderboard/table/nrows"] == 5
     assert (ws.leaderboards / "tiny" / "leaderboard.html").is_file()
@@ -219,7 +219,7 @@ def test_judged_refresh_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     longest = next(line for line in md.splitlines() if line.startswith("| longest"))
     assert "| 2/16 |" in longest  # 2 MT-Bench errors of 4 + 2 + 10 judged items (4 turns, 2 AE, 2x5 pairwise)
 
-    run = read_offline_run(ws.root / rec["wandb"]["dir"])
+    run = read_offline_run(run_path(rec["wandb"], ws.wandb_dir))
     assert run["summary"]["pairwise/ws_vs_full"] == 1.0 and "mt_bench/score" in run["summary"]
     for name, rows in (("mt_bench", 4), ("alpaca_eval", 2), ("pairwise", 10)):  # the judgments, as wandb tables
         assert run["summary"][f"{name}/judgments/_type"] == "table-file"

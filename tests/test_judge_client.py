@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from selbench.cache import ArtifactCache
+from selbench.errors import JudgeUnavailable
 from selbench.judge.client import JudgeClient, Ledger
 from selbench.judge.verdicts import rating_or_none
 from selbench.protocol import JudgeSpec
@@ -23,7 +24,8 @@ def fake():
 
 def make_client(fake, tmp_path, **kw) -> JudgeClient:
     spec = JudgeSpec(kind="openai", model="fake-judge", max_retries=kw.pop("max_retries", 3),
-                     max_parse_retries=kw.pop("max_parse_retries", 2), timeout_s=0.5, max_concurrency=3)
+                     max_parse_retries=kw.pop("max_parse_retries", 2), timeout_s=0.5, max_concurrency=3,
+                     timeout_per_token_s=0)
     return JudgeClient.from_spec(spec, fake.base_url, "fake-judge", {"kind": "openai", "model": "fake-judge",
                                  "base_url": fake.base_url}, ArtifactCache(tmp_path / "cache"), api_key=SECRET,
                                  backoff_s=0.01, **kw)
@@ -40,13 +42,14 @@ def test_transport_faults_are_retried(fake, tmp_path, fault):
     assert c.ledger.retries == 2
 
 
-def test_retries_exhausted_is_counted_error(fake, tmp_path):
+def test_retries_exhausted_is_judge_unavailable_not_a_verdict(fake, tmp_path):
     c = make_client(fake, tmp_path, max_retries=1)
     fake.faults.extend(["500", "500"])
     lg = Ledger()
-    v = c.judge(MSG, rating_or_none, lg)
-    assert not v.ok and v.value is None and "InternalServerError" in v.error
-    assert (lg.calls, lg.retries, lg.errors, lg.parse_errors) == (2, 1, 1, 0)
+    with pytest.raises(JudgeUnavailable, match=r"judge at http://127.0.0.1:\d+/v1 unavailable: .*HTTP 500.* after 1"):
+        c.judge(MSG, rating_or_none, lg)
+    assert (lg.calls, lg.retries, lg.parse_errors) == (2, 1, 0)
+    assert not list((tmp_path / "cache").rglob("*.json"))  # nothing about the outage is cached
 
 
 def test_garbage_verdict_reasked_then_succeeds(fake, tmp_path):
@@ -146,3 +149,53 @@ def test_interrupt_drops_queued_judgments_without_waiting(fake, tmp_path):
     release.set()
     time.sleep(0.3)
     assert len(set(started)) <= 3  # only judgments already in flight ran: the queued ones were cancelled
+
+
+def test_refused_connection_names_the_endpoint(tmp_path):
+    from selbench.judge.server import free_port
+
+    port = free_port()  # nothing listens there
+    spec = JudgeSpec(kind="openai", model="m", max_retries=1, timeout_s=2, timeout_per_token_s=0)
+    url = f"http://127.0.0.1:{port}/v1"
+    c = JudgeClient.from_spec(spec, url, "m", {"kind": "openai"}, ArtifactCache(tmp_path / "c"), backoff_s=0.01)
+    with pytest.raises(JudgeUnavailable, match=rf"127.0.0.1:{port}/v1 unavailable: APIConnectionError"):
+        c.judge(MSG, rating_or_none)
+
+
+@pytest.mark.parametrize("fault,hint", [("401", r"check the API key in \$OPENAI_API_KEY"),
+                                        ("403", "not allowed"), ("body", "not a chat completion")])
+def test_refusals_fail_at_once_without_retries(fake, tmp_path, fault, hint):
+    c = make_client(fake, tmp_path)
+    fake.faults.append(fault)
+    lg = Ledger()
+    with pytest.raises(JudgeUnavailable, match=hint):
+        c.judge(MSG, rating_or_none, lg)
+    assert lg.calls == 1 and lg.retries == 0
+
+
+def test_rejected_request_is_that_items_error_verdict(fake, tmp_path):
+    """HTTP 400 (e.g. a prompt longer than the judge's context): this item's counted error; the judge works."""
+    c = make_client(fake, tmp_path)
+    fake.faults.append("400")
+    lg = Ledger()
+    v = c.judge(MSG, rating_or_none, lg)
+    assert not v.ok and v.error.startswith("request rejected") and lg.errors == 1
+    assert c.judge(MSG, rating_or_none).ok  # the next request is asked (and answered)
+
+
+def test_down_judge_stops_judge_many_and_keeps_what_was_answered(fake, tmp_path):
+    """Once the judge is unavailable nothing more is asked; verdicts already given are cached, so the next run
+    asks only for the missing ones."""
+    c = make_client(fake, tmp_path, max_retries=1)
+    items = [[{"role": "user", "content": f"q{i} [[rating]]"}] for i in range(12)]
+    c.max_concurrency = 1
+    fake.faults.extend([None, None, None])  # three answers, then the judge goes down
+    fake.always = "500"
+    with pytest.raises(JudgeUnavailable):
+        c.judge_many(items, rating_or_none)
+    assert len(fake.requests) == 5  # 3 answered + 1 request and its retry; the 8 queued were never sent
+    fake.always = None
+    c2 = make_client(fake, tmp_path)
+    lg = Ledger()
+    verdicts = c2.judge_many(items, rating_or_none, lg)
+    assert all(v.ok for v in verdicts) and lg.cached == 3 and lg.calls == 9

@@ -24,7 +24,7 @@ from selbench import stats
 from selbench.cache import atomic_write_json
 from selbench.leaderboard import build_leaderboard
 from selbench.protocol import load_protocol
-from selbench.tracking import log_leaderboard, read_offline_run
+from selbench.tracking import log_leaderboard, read_offline_run, run_path
 
 # Planted effects per row: NLL (lower is better) and accuracy (higher is better).
 EFFECTS = {"random": (0.0, 0.0), "harmful": (0.3, -0.25), "helpful": (-0.2, 0.2), "neutral": (0.0, 0.0)}
@@ -338,7 +338,7 @@ def test_wandb_summary_run_holds_the_tables_and_figures(built, tmp_path, monkeyp
     info = log_leaderboard(protocol=protocol, board="b", group="b-refresh-x", wandb_dir=tmp_path / ".cache",
                            leaderboard=out)
     assert info["mode"] == "offline" and info["group"] == "b-refresh-x"
-    run_dir = tmp_path / info["dir"]
+    run_dir = run_path(info, tmp_path / ".cache")
     run = read_offline_run(run_dir)
     assert run["run"]["job_type"] == "leaderboard" and run["run"]["group"] == "b-refresh-x"
     assert run["config"]["protocol_hash"] == protocol.hash and run["config"]["records"] == out["records"]

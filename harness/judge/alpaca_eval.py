@@ -11,6 +11,11 @@ the API key never leaves that client. A verdict still unparseable after the re-a
 dropped by alpaca_eval and counted here as an error, never a tie. A judge with structured outputs (the local vLLM
 server) is constrained to answer ``[[1]]`` or ``[[2]]``; ``info`` says so.
 
+Position bias: with ``position_check: N`` a seeded sample of N of the evaluated instructions is annotated a second
+time with the two outputs swapped (the model's output shown where the reference's was); each such item records the
+swapped verdict as the model's preference, and ``position_flip_rate`` is the share of them whose verdict changed.
+The win rate stays alpaca_eval's single-order one.
+
 Length control: ``lc_win_rate`` is alpaca_eval's own GLM, reported only when its hub file ``df_gamed.csv`` is
 given as a local file (``lc_gamed_file``) or can be fetched; otherwise the column is ``lc_win_rate_approx``, a
 length-only GLM that can be far from the official figure (docs/judges.md says how far and why).
@@ -42,6 +47,7 @@ from .common import default_data_dir, open_ended_dir, parse_section
 log = logging.getLogger(__name__)
 
 VERDICT = re.compile(r"\[\[([12])\]\]")  # the first one counts, as in the annotator's regex_parser
+ANNOTATOR_SEED = 0  # alpaca_eval's seed for the order in which it shows the two outputs
 
 
 class AlpacaEvalSettings(BaseModel):
@@ -56,6 +62,9 @@ class AlpacaEvalSettings(BaseModel):
         None, description="a local copy of alpaca_eval's hub file df_gamed.csv (dataset tatsu-lab/alpaca_eval), "
                           "for its own length-controlled GLM offline; relative to the data directory or absolute. "
                           "null = fetch it from the hub (its local cache or the network)")
+    position_check: int = Field(0, ge=0, description="re-ask the judge with the two outputs swapped on this many "
+                                                     "of the instructions (a seed-0 sample), to measure its "
+                                                     "position bias; 0 = off")
 
 
 def reference_outputs(ctx, s: AlpacaEvalSettings) -> list[dict[str, Any]]:
@@ -113,6 +122,40 @@ def judge_completions(judge, s: AlpacaEvalSettings, ledger):
     return fn_completions
 
 
+def model_shown_first(instruction: str, seed: int = ANNOTATOR_SEED) -> bool:
+    """Whether alpaca_eval showed the model's output (``output_2``) first when annotating ``instruction``: its
+    ``RandomSwitchTwoColumnsProcessor`` swaps the two outputs when a choice seeded by the instruction says so."""
+    from alpaca_eval.utils import random_seeded_choice
+
+    return random_seeded_choice(seed="is_switched_outputs" + instruction + str(seed), choices=[False, True])
+
+
+def preference_side(preference: float) -> int:
+    """+1 the model's output preferred, -1 the reference's, 0 a draw."""
+    return (preference > 1.5) - (preference < 1.5)
+
+
+def position_sample(n_items: int, k: int) -> list[int]:
+    """The protocol-fixed sample of the swapped re-ask: ``k`` of ``n_items`` positions, drawn with seed 0."""
+    import numpy as np
+
+    return sorted(np.random.default_rng(0).choice(n_items, size=min(k, n_items), replace=False).tolist())
+
+
+def position_check(annotator, refs: list[dict], ours: list[dict], k: int) -> dict[str, float | None]:
+    """The model's preference (1: reference, 2: model) on a sample of ``k`` instructions, annotated again with the
+    outputs swapped: passed as ``outputs_1`` it is shown where the reference was (alpaca_eval's random order is
+    seeded by the instruction alone), and its preference is 3 - the annotated one. instruction -> preference
+    (None: unparseable)."""
+    idx = position_sample(len(refs), k)
+    if not idx:
+        return {}
+    swapped = annotator.annotate_head2head(outputs_1=[ours[i] for i in idx], outputs_2=[refs[i] for i in idx])
+    by_instr = {a["instruction"]: _num(a.get("preference")) for a in swapped}
+    return {refs[i]["instruction"]: (None if by_instr.get(refs[i]["instruction"]) is None
+                                     else 3.0 - by_instr[refs[i]["instruction"]]) for i in idx}
+
+
 def lc_fallback(prefs: list[float], len_model: list[int], len_ref: list[int], n_boot: int = 200,
                 seed: int = 0) -> tuple[float, float | None]:
     """An *approximation* of the length-controlled win rate, for when alpaca_eval's GLM cannot run (no
@@ -164,8 +207,15 @@ def _float_preference_annotator():
     return FloatPreferenceAnnotator
 
 
+def check_data(spec, ctx) -> str:
+    s = parse_section(AlpacaEvalSettings, spec, "alpaca_eval")
+    if s.lc_gamed_file and resolve_local(s.lc_gamed_file, ctx.data_dir or default_data_dir()) is None:
+        raise FileNotFoundError(f"evaluation.alpaca_eval.lc_gamed_file: {s.lc_gamed_file} not found")
+    return f"{len(reference_outputs(ctx, s))} instructions ({s.reference})"
+
+
 @register_evaluator("alpaca_eval", needs_judge=True, version="5", settings=AlpacaEvalSettings,
-                    headline=("win_rate", "lc_win_rate", "lc_win_rate_approx"))
+                    headline=("win_rate", "lc_win_rate", "lc_win_rate_approx"), preflight=check_data)
 def alpaca_eval(model, spec, ctx) -> EvalResult:
     import pandas as pd
     from alpaca_eval.metrics import get_winrate
@@ -179,10 +229,12 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
             for r, a in zip(refs, answers)]
     judge, ledger = ctx.judge, Ledger()
     name, config = write_annotator_config(judge, s, ctx.cache)
-    annotator = _float_preference_annotator()(annotators_config=str(config), seed=0, base_dir=str(config.parents[1]),
+    annotator = _float_preference_annotator()(annotators_config=str(config), seed=ANNOTATOR_SEED,
+                                              base_dir=str(config.parents[1]),
                                               caching_path=str(config.parent / "annotations.json"),
                                               fn_completions=judge_completions(judge, s, ledger))
     annotations = annotator.annotate_head2head(outputs_1=refs, outputs_2=ours)
+    swapped = position_check(annotator, refs, ours, s.position_check)
     df = pd.DataFrame(annotations)
     if "preference" not in df:
         df["preference"] = float("nan")
@@ -212,10 +264,20 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
                         "instruction": r["instruction"], "dataset": r.get("dataset"), "output": o["output"],
                         "reference_output": r["output"], "preference": _num(a.get("preference")),
                         "judgment": a.get(annotator.completion_key)})
+        if r["instruction"] in swapped:
+            details[-1]["preference_swapped"] = swapped[r["instruction"]]
     counts = {"instructions": len(refs), "judgments": len(refs), "annotated": len(ok), "errors": n_err,
               "parse_errors": n_err,
               "model_wins": int((ok["preference"] > 1.5).sum()), "reference_wins": int((ok["preference"] < 1.5).sum()),
               "draws": int((ok["preference"] == 1.5).sum()), **ledger.as_counts()}
+    if swapped:  # position bias: verdicts that changed when the outputs swapped places
+        both = [(d["preference"], d["preference_swapped"]) for d in details
+                if d.get("preference") is not None and d.get("preference_swapped") is not None]
+        flips = sum(preference_side(a) != preference_side(b) for a, b in both)
+        counts.update({"position_checked": len(swapped), "position_check_errors": len(swapped) - len(both),
+                       "position_flips": flips})
+        if both:
+            metrics["position_flip_rate"] = Metric(flips / len(both), higher_is_better=False)
     return EvalResult(metrics, details, counts, info)
 
 

@@ -1,8 +1,12 @@
 """A judge client on any OpenAI-compatible chat endpoint: bounded concurrency, retries, a per-judgment cache and a
 ledger of what the judging cost.
 
-Transport failures (timeouts, connection errors, HTTP 429 and 5xx) are retried with exponential backoff. A verdict
-that the caller's ``parse`` rejects is re-asked up to ``max_parse_retries`` times; each re-ask sends a different
+Transport failures (timeouts, connection errors, HTTP 429 and 5xx) are retried with exponential backoff. When the
+retries are spent, or the server refuses us outright (401, 403, 404, a reply that is not a chat completion), the
+client raises :class:`JudgeUnavailable` naming the endpoint and the cause, and every later request of this client
+fails at once: an outage is not a verdict, so nothing about it is cached and the evaluation fails (the next run asks
+again, and only what is missing). A request the server rejects as malformed (400, 422, e.g. a prompt longer than the
+judge's context) is that item's error verdict, counted. A verdict that the caller's ``parse`` rejects is re-asked up to ``max_parse_retries`` times; each re-ask sends a different
 ``seed`` (attempt number) and, when the protocol asks for greedy judging, temperature 0.7, because a greedy judge would
 only repeat the same unparseable text. After that the judgment is an *error verdict* that callers count as an error,
 never as a tie. The API key is only ever read from the environment into the HTTP client; it is not part of any cache
@@ -23,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from ..cache import ArtifactCache
+from ..errors import JudgeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,8 @@ class Verdict:
         return self.error is None
 
 
-class _Retryable(Exception):
-    pass
+class JudgeRequestError(RuntimeError):
+    """The judge rejected this one request (HTTP 400/422): that item's error verdict."""
 
 
 @dataclass
@@ -73,7 +78,8 @@ class JudgeClient:
     max_concurrency: int = 4
     max_retries: int = 5
     max_parse_retries: int = 2
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # per request, plus timeout_per_token_s for every token it may generate
+    timeout_per_token_s: float = 0.0
     temperature: float = 0.0
     max_tokens: int = 512
     backoff_s: float = 1.0  # first retry delay; doubles each retry
@@ -81,6 +87,7 @@ class JudgeClient:
     structured_outputs: bool = False  # the server honours vLLM's extra_body["structured_outputs"]
     ledger: Ledger = field(default_factory=Ledger)
     server_log: Any = None  # path of a local server's log, for diagnostics
+    api_key_env: str | None = None  # named in the error when the server refuses the key
 
     def __post_init__(self):
         from openai import OpenAI
@@ -90,6 +97,7 @@ class JudgeClient:
                               timeout=self.timeout_s)
         self._lock = threading.Lock()
         self._closed = False
+        self._unavailable: JudgeUnavailable | None = None  # once set, every request fails at once with it
 
     @classmethod
     def from_spec(cls, spec, base_url: str, model: str, identity: dict[str, Any], cache: ArtifactCache | None,
@@ -97,7 +105,8 @@ class JudgeClient:
         return cls(base_url=base_url, model=model, identity=identity, cache=cache, api_key=api_key,
                    max_concurrency=spec.max_concurrency, max_retries=spec.max_retries,
                    max_parse_retries=spec.max_parse_retries, timeout_s=spec.timeout_s,
-                   temperature=spec.temperature, max_tokens=spec.max_tokens, **kw)
+                   temperature=spec.temperature, max_tokens=spec.max_tokens,
+                   timeout_per_token_s=spec.timeout_per_token_s, api_key_env=spec.api_key_env, **kw)
 
     # -- one request ---------------------------------------------------------------------------------------------
     def _count(self, ledgers: Sequence[Ledger], **inc: int) -> None:
@@ -123,48 +132,81 @@ class JudgeClient:
     def complete(self, messages: Messages, attempt: int = 0, max_tokens: int | None = None,
                  ledgers: Sequence[Ledger] = (), constraint: dict[str, Any] | None = None) -> str:
         """The judge's text for ``messages`` (cached). Raises after ``max_retries`` failed transport retries."""
+        return self._ask(messages, self._params(attempt, max_tokens, constraint), ledgers)["text"]
+
+    def top_logprobs(self, messages: Messages, k: int, ledgers: Sequence[Ledger] = ()) -> list[list] | None:
+        """The ``k`` most likely first tokens of the judge's answer as ``[[token, logprob], ...]`` (cached); None
+        when the endpoint returns no logprobs. DEITA-style scorers read a score's distribution from them."""
+        params = {"temperature": 0.0, "max_tokens": 1, "logprobs": True, "top_logprobs": k}
+        return self._ask(messages, params, ledgers)["top_logprobs"]
+
+    def _ask(self, messages: Messages, params: dict[str, Any], ledgers: Sequence[Ledger]) -> dict[str, Any]:
         ledgers = (self.ledger, *ledgers)
-        params = self._params(attempt, max_tokens, constraint)
 
         def ask() -> dict[str, Any]:
-            text, usage = self._request(messages, params, ledgers)
+            text, usage, top = self._request(messages, params, ledgers)
             self._count(ledgers, prompt_tokens=usage[0], completion_tokens=usage[1])
-            return {"text": text, "judge": self.identity, "params": params}
+            return {"text": text, "judge": self.identity, "params": params,
+                    **({"top_logprobs": top} if params.get("logprobs") else {})}
 
         if self.cache is None:
-            return ask()["text"]
+            return ask()
         inputs = {"judge": self.identity, "messages": messages, "params": params}
         # The judge's identity names the judge, its engine and device included: the policy adds nothing.
         art = self.cache.get_or_compute("judgments", inputs, ask, engine=None, device=None)
         if art.hit:
             self._count(ledgers, cached=1)
-        return art.value["text"]
+        return art.value
 
-    def _request(self, messages: Messages, params: dict[str, Any], ledgers) -> tuple[str, tuple[int, int]]:
+    def _request(self, messages: Messages, params: dict[str, Any], ledgers
+                 ) -> tuple[str, tuple[int, int], list[list] | None]:
         import openai
 
         params = dict(params)
         body = {**(self.extra_body or {}), **params.pop("extra_body", {})} or None
+        timeout = self.timeout_s + self.timeout_per_token_s * params["max_tokens"]
         for i in range(self.max_retries + 1):
             if self._closed:  # the evaluation was aborted: don't keep retrying against a stopped server
                 raise RuntimeError("judge client closed")
+            if self._unavailable is not None:
+                raise self._unavailable
             self._count(ledgers, calls=1)
             try:
-                r = self._client.chat.completions.create(model=self.model, messages=messages,
-                                                         extra_body=body, **params)
-                text = r.choices[0].message.content or ""
+                r = self._client.chat.completions.create(model=self.model, messages=messages, extra_body=body,
+                                                         timeout=timeout, **params)
+                choice = r.choices[0]
+                text = choice.message.content or ""
                 usage = (r.usage.prompt_tokens, r.usage.completion_tokens) if r.usage else (0, 0)
-                return text, usage
+                content = getattr(choice.logprobs, "content", None) if choice.logprobs else None
+                top = [[t.token, t.logprob] for t in content[0].top_logprobs] if content else None
+                return text, usage, top
             except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
                     openai.InternalServerError) as e:
                 if i == self.max_retries:
-                    raise
+                    self._fail(_describe(e) + f" after {self.max_retries} retries", e)
                 self._count(ledgers, retries=1)
                 delay = self.backoff_s * 2 ** i
                 log.warning("judge request failed (%s); retry %d/%d in %.2fs", type(e).__name__, i + 1,
                             self.max_retries, delay)
                 time.sleep(delay)
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+                raise JudgeRequestError(_describe(e)) from e
+            except openai.AuthenticationError as e:
+                self._fail(_describe(e), e, f"check the API key in ${self.api_key_env}" if self.api_key_env
+                           else "the endpoint wants an API key: set judge.api_key_env")
+            except openai.PermissionDeniedError as e:
+                self._fail(_describe(e), e, "the API key is not allowed to use this model")
+            except openai.NotFoundError as e:
+                self._fail(_describe(e), e, f"check judge.base_url and judge.model ({self.model!r})")
+            except (openai.APIError, AttributeError, IndexError, TypeError, ValueError) as e:
+                self._fail(f"not a chat completion: {_describe(e)}", e)
         raise AssertionError("unreachable")
+
+    def _fail(self, cause: str, exc: BaseException, hint: str = ""):
+        err = JudgeUnavailable(self.base_url, cause, hint)
+        with self._lock:
+            self._unavailable = self._unavailable or err
+        raise err from exc
 
     # -- judgments -----------------------------------------------------------------------------------------------
     def judge(self, messages: Messages, parse: Callable[[str], Any] | None = None, ledger: Ledger | None = None,
@@ -178,9 +220,9 @@ class JudgeClient:
                 self._count(ledgers + (self.ledger,), parse_retries=1)
             try:
                 text = self.complete(messages, attempt, max_tokens, ledgers, constraint)
-            except Exception as e:  # transport failure after retries: an error verdict, counted
+            except JudgeRequestError as e:  # this request was rejected: this item's error verdict, counted
                 self._count(ledgers + (self.ledger,), errors=1)
-                return Verdict(None, text, attempt + 1, f"{type(e).__name__}: {e}")
+                return Verdict(None, text, attempt + 1, f"request rejected: {e}")
             if parse is None:
                 return Verdict(text, text, attempt + 1)
             try:
@@ -196,23 +238,58 @@ class JudgeClient:
                    ledger: Ledger | None = None, desc: str = "judging", max_tokens: int | None = None,
                    constraint: dict[str, Any] | None = None) -> list[Verdict]:
         """Judge every conversation in ``items`` with at most ``max_concurrency`` requests in flight."""
+        return self._map(lambda m: self.judge(m, parse, ledger, max_tokens, constraint), items, desc,
+                         lambda v: not v.ok)
+
+    def top_logprobs_many(self, items: Sequence[Messages], k: int, ledger: Ledger | None = None,
+                          desc: str = "judging (logprobs)") -> list[list[list] | None | JudgeRequestError]:
+        """:meth:`top_logprobs` of every conversation; a request the judge rejected (400/422) is its
+        :class:`JudgeRequestError` in place, counted in the ledgers' ``errors``."""
+        ledgers = (ledger,) if ledger is not None else ()
+
+        def one(m):
+            try:
+                return self.top_logprobs(m, k, ledgers)
+            except JudgeRequestError as e:
+                self._count(ledgers + (self.ledger,), errors=1)
+                return e
+
+        return self._map(one, items, desc, lambda r: isinstance(r, JudgeRequestError))
+
+    def _map(self, fn: Callable[[Messages], Any], items: Sequence[Messages], desc: str,
+             is_error: Callable[[Any], bool]) -> list[Any]:
+        """``fn`` over ``items`` in a bounded thread pool, with progress (done, errors so far). The first
+        :class:`JudgeUnavailable` cancels what is queued and is raised once the requests in flight end."""
         from tqdm.auto import tqdm
 
         pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
         try:
-            futures = [pool.submit(self.judge, m, parse, ledger, max_tokens, constraint) for m in items]
-            pending = set(futures)
+            futures = [pool.submit(fn, m) for m in items]
+            pending, errors = set(futures), 0
             with tqdm(total=len(futures), desc=desc, disable=len(futures) < 2) as bar:
                 while pending:  # a timed wait keeps Ctrl-C responsive (a bare Future.result() is not)
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        if f.exception() is not None:  # the judge is unavailable: ask nothing more
+                            pool.shutdown(wait=True, cancel_futures=True)
+                            raise f.exception()
+                        errors += bool(is_error(f.result()))
                     bar.update(len(done))
-            verdicts = [f.result() for f in futures]
+                    if done:
+                        bar.set_postfix(errors=errors, refresh=False)
+            results = [f.result() for f in futures]
         except BaseException:  # Ctrl-C / SIGTERM: drop queued judgments and don't wait for the ones in flight
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        return verdicts
+        return results
 
     def close(self) -> None:
         self._closed = True
         self._client.close()
+
+
+def _describe(e: BaseException) -> str:
+    status = getattr(e, "status_code", None)
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}" + (f" (HTTP {status})" if status else "") + (f": {msg}" if msg else "")

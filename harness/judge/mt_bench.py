@@ -81,15 +81,28 @@ def judge_messages(q: dict, answers: list[str], turn: int, prompts: dict, refs: 
     return chat(p["system_prompt"], p["prompt_template"].format(**kw))
 
 
-@register_evaluator("mt_bench", needs_judge=True, version="2", settings=MTBenchSettings,
-                    headline=("score",))
-def mt_bench(model, spec, ctx) -> EvalResult:
-    s = parse_section(MTBenchSettings, spec, "mt_bench")
+def load_data(ctx, s: MTBenchSettings) -> tuple[list[dict], dict[int, list[str]], dict[str, dict]]:
+    """(questions, reference answers by question ID, judge prompts by name)."""
     root = open_ended_dir(ctx) / "mt_bench"
     questions = select_questions(read_jsonl(root / "question.jsonl"), s)
     refs = {r["question_id"]: r["choices"][0]["turns"]
             for r in read_jsonl(root / "reference_answer" / f"{s.reference}.jsonl")}
-    prompts = mt_bench_judge_prompts(ctx)
+    return questions, refs, mt_bench_judge_prompts(ctx)
+
+
+def check_data(spec, ctx) -> str:
+    questions, refs, _ = load_data(ctx, parse_section(MTBenchSettings, spec, "mt_bench"))
+    missing = [q["question_id"] for q in questions if q["category"] in NEED_REF_CATS and q["question_id"] not in refs]
+    if missing:
+        raise ValueError(f"no reference answers for MT-Bench questions {missing}")
+    return f"{len(questions)} questions"
+
+
+@register_evaluator("mt_bench", needs_judge=True, version="2", settings=MTBenchSettings,
+                    headline=("score",), preflight=check_data)
+def mt_bench(model, spec, ctx) -> EvalResult:
+    s = parse_section(MTBenchSettings, spec, "mt_bench")
+    questions, refs, prompts = load_data(ctx, s)
     n_turns = max(s.turns)
     dec = Decoding(max_new_tokens=s.max_new_tokens, temperature=s.temperature, batch_size=s.batch_size,
                    seed=ctx.seed, engine=engine_setting(ctx.protocol))

@@ -88,8 +88,16 @@ def _tally_metrics(tag: str, main: Tally, strict: Tally, metrics: dict, counts: 
         counts[f"vs_{tag}/strict_{k}"] = getattr(strict, k)
 
 
+def check_data(spec, ctx) -> str:
+    s = parse_section(PairwiseSettings, spec, "pairwise")
+    n = sum(len(load_set(ctx, name)[: s.per_set]) for name in s.sets)
+    if s.format == "pair-v2":
+        mt_bench_judge_prompts(ctx)["pair-v2"]
+    return f"{n} prompts ({', '.join(s.sets)})"
+
+
 @register_evaluator("pairwise", needs_judge=True, needs_baselines=("full", "random"), version="3",
-                    settings=PairwiseSettings,
+                    settings=PairwiseSettings, preflight=check_data,
                     headline=("ws_vs_full", "ws_vs_random", "flip_rate_vs_full", "flip_rate_vs_random"))
 def pairwise(model, spec, ctx) -> EvalResult:
     s = parse_section(PairwiseSettings, spec, "pairwise")

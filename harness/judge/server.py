@@ -3,7 +3,10 @@
 ``kind: openai`` only builds a client for ``base_url``. ``kind: local`` starts an OpenAI-compatible server on
 127.0.0.1 — ``transformers serve`` on the resolved model directory, vLLM's OpenAI server on it, or
 ``llama_cpp.server`` on a GGUF — waits until it answers, and stops it (the whole process group) when the block ends,
-on exceptions and KeyboardInterrupt, and at interpreter exit as a last resort. The vLLM judge takes structured-output
+on exceptions and KeyboardInterrupt, and at interpreter exit as a last resort. The server runs under
+:mod:`selbench.supervise`, which takes it down when the harness dies without cleaning up (SIGKILL); its working
+directory lives under the cache's ``tmp/`` and is removed by the next run if a killed one left it. The transformers
+and llama.cpp servers answer one request at a time, so the client sends them one at a time. The vLLM judge takes structured-output
 constraints, so evaluators can force their verdict format on it.
 """
 
@@ -19,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -103,6 +105,11 @@ def server_command(server: str, model_path: str, port: int, gguf: Path | None = 
              "--dtype", "float32"], model_path)
 
 
+def supervised(argv: list[str]) -> list[str]:
+    """``argv`` run under :mod:`selbench.supervise`: it dies with the harness, even a SIGKILLed one."""
+    return [sys.executable, "-m", "selbench.supervise", "--", *argv]
+
+
 def _raise_exit(signum, frame):
     raise SystemExit(128 + signum)
 
@@ -135,7 +142,7 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
         gguf = raw if raw.suffix == ".gguf" else None
     port = free_port()
     argv, model_name = server_command(spec.server, resolved.path, port, gguf)
-    with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="selbench-judge-") as tmp:
+    with _sigterm_as_exit(), cache.scratch("judge") as tmp:
         # transformers serve's /v1/models answers 500 unless HF_HOME holds an (empty) hub/ folder.
         (Path(tmp) / "hf" / "hub").mkdir(parents=True)
         env = {**os.environ, "HF_HOME": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -147,7 +154,8 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
         base = f"http://127.0.0.1:{port}"
         log.info("starting judge server: %s", " ".join(argv))
         with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(supervised(argv), stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         _RUNNING.add(proc)
         client = None
         try:
@@ -156,6 +164,8 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
             extra = {"repeat_penalty": 1.0} if spec.server == "llama_cpp" else None
             client = JudgeClient.from_spec(spec, base + "/v1", model_name, identity, cache, extra_body=extra,
                                            structured_outputs=spec.server == "vllm")
+            if spec.server != "vllm":  # it would queue the rest, and time them out while they wait
+                client.max_concurrency = 1
             client.server_log = log_path
             yield client
         finally:
