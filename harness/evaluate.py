@@ -32,6 +32,7 @@ class ModelUnderTest:
     identity: str  # hash of the weights; cache keys of generations/evaluations use it
     dtype: str = "float32"
     chat_template: str = "model"
+    device: str = "cpu"  # where it is loaded (selbench.device); part of the cache keys of what it computes
 
 
 @dataclass(frozen=True)
@@ -186,5 +187,5 @@ def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
         return result.to_json()
 
     art = ctx.cache.get_or_compute(f"eval/{evaluator.name}", inputs, run, engine=engine,
-                                   device=engine_device(engine) if judged else "cpu")
+                                   device=engine_device(engine, model.device) if judged else model.device)
     return (computed[0] if computed else EvalResult.from_json(art.value)), art.hit

@@ -53,7 +53,7 @@ def generate(model, conversations: Sequence[Sequence[str]], decoding: Decoding, 
               "decoding": decoding.model_dump(exclude={"batch_size", "engine"})}
     return cache.get_or_compute("generations", inputs, lambda: {
         "model": model.name, "identity": model.identity, "engine": engine, "answers": run()},
-        engine=engine, device=engine_device(engine)).value["answers"]
+        engine=engine, device=engine_device(engine, getattr(model, "device", "cpu"))).value["answers"]
 
 
 def _prompt_limit(dec: Decoding, model_limit: int | None) -> int:
@@ -77,7 +77,7 @@ def _hf_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> lis
 
     tok = load_tokenizer(model.base_path, model.chat_template)
     tok.padding_side = "left"
-    lm = load_causal_lm(model.base_path, model.dtype, adapter=model.adapter)
+    lm = load_causal_lm(model.base_path, model.dtype, adapter=model.adapter, device=getattr(model, "device", "cpu"))
     max_prompt = _prompt_limit(dec, getattr(lm.config, "max_position_embeddings", None))
     answers: list[list[str]] = [[] for _ in convs]
     torch.manual_seed(dec.seed)
@@ -90,7 +90,7 @@ def _hf_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> lis
             bar = tqdm(total=len(todo), desc=f"{desc} ({model.name}, turn {k + 1})", disable=len(todo) < 2)
             for b in range(0, len(todo), dec.batch_size):
                 idx = todo[b: b + dec.batch_size]
-                batch = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt")
+                batch = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(lm.device)
                 kw = dict(do_sample=True, temperature=dec.temperature, top_p=dec.top_p) if dec.temperature > 0 \
                     else dict(do_sample=False)
                 with torch.no_grad():

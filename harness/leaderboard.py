@@ -38,6 +38,13 @@ def judge_error_counts(evaluation: dict[str, Any]) -> tuple[int, int]:
     return errors, judged
 
 
+def selection_judge_tokens(rec: dict[str, Any]) -> float:
+    """Judge tokens (prompt + completion) a judged method's selection spent, as recorded when it was computed;
+    NaN for a method that asks no judge."""
+    j = ((rec.get("selection") or {}).get("cost") or {}).get("judge")
+    return float(j.get("prompt_tokens", 0) + j.get("completion_tokens", 0)) if j else math.nan
+
+
 def records_frame(results_dir: Path, board: str, protocol_hash: str
                   ) -> tuple[pd.DataFrame, list[str], list[tuple[Path, dict[str, Any]]]]:
     rows, stale, current = [], [], []
@@ -49,7 +56,8 @@ def records_frame(results_dir: Path, board: str, protocol_hash: str
         row = {"method": rec["method"]["row"], "family": rec["method"].get("family", ""),
                "budget": rec.get("budget"), "seed": rec["seed"],
                "select_s": (rec.get("timings") or {}).get("select_s"),
-               "train_s": (rec.get("timings") or {}).get("train_s")}
+               "train_s": (rec.get("timings") or {}).get("train_s"),
+               "select_tokens": selection_judge_tokens(rec)}
         for name, m in rec.get("metrics", {}).items():
             row[name] = m["value"]
         row["judge_errors"], row["judged"] = judge_error_counts(rec.get("evaluation") or {})
@@ -75,7 +83,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     if prim:
         df = df.assign(**{"bench_avg": df[prim].mean(axis=1, skipna=False)})
         metric_cols = ["bench_avg", *metric_cols]
-    value_cols = metric_cols + ["select_s", "train_s", "judge_errors", "judged"]
+    value_cols = metric_cols + ["select_s", "train_s", "select_tokens", "judge_errors", "judged"]
     df = df.copy()
     df["budget"] = df["budget"].fillna(-1).astype(int)
     grouped = df.groupby(["method", "family", "budget"], dropna=False)
@@ -163,8 +171,10 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
                     floors: dict[str, Any] | None = None, bias: list | None = None) -> str:
     metric_cols = headline_columns(list(agg.columns), protocol)
     judged = "judged" in agg and agg["judged"].fillna(0).gt(0).any()
+    tokens = "select_tokens" in agg and agg["select_tokens"].notna().any()
     head = ["method", "family", "budget", "seeds", *metric_cols, *(["judge errors"] if judged else []),
-            *([OVERLAP_COLUMN] if OVERLAP_COLUMN in agg else []), "select s", "train s"]
+            *([OVERLAP_COLUMN] if OVERLAP_COLUMN in agg else []), "select s", "train s",
+            *(["select judge tokens"] if tokens else [])]
     lines = [f"# Leaderboard: {board}", "",
              f"Protocol `{protocol.hash}` · base model `{protocol.base_model.path}` · "
              f"{n_records} result records · generated from `results/{board}/` by `selbench leaderboard`.", ""]
@@ -200,6 +210,7 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
         cells += [_errors_cell(r)] if judged else []
         cells += [str(r[OVERLAP_COLUMN])] if OVERLAP_COLUMN in agg else []  # contamination report
         cells += [_fmt(r["select_s"], r.get("select_s_std"), True), _fmt(r["train_s"], r.get("train_s_std"), True)]
+        cells += [_fmt(r.get("select_tokens"), None, True)] if tokens else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

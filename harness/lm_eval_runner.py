@@ -120,7 +120,7 @@ def run_lm_eval(model: ModelUnderTest, spec: dict[str, Any], ctx: EvalContext) -
     from lm_eval import simple_evaluate
 
     spec = LmEvalSpec.model_validate(spec)
-    model_args = {"pretrained": model.base_path, "dtype": model.dtype, "device": "cpu"}
+    model_args = {"pretrained": model.base_path, "dtype": model.dtype, "device": model.device}
     if model.adapter:
         model_args["peft"] = model.adapter
     offline = Path(model.base_path).is_dir() and all(t in local_task_names() for t in spec.tasks)

@@ -66,10 +66,11 @@ def resolve_base_model(spec, cache: ArtifactCache) -> ResolvedModel:
         if not gguf.is_file():
             raise FileNotFoundError(f"base_model: GGUF file {gguf} not found")
         digest = file_sha256(gguf)[:16]
-        out = cache.get_or_compute("models", {"gguf": digest, "dtype": spec.dtype},  # dequantising is exact
-                                   lambda tmp: _convert_gguf(gguf, spec.dtype, tmp), engine=None, device=None,
+        dtype = "float32" if spec.dtype == "auto" else spec.dtype  # `auto` is applied when the weights load
+        out = cache.get_or_compute("models", {"gguf": digest, "dtype": dtype},  # dequantising is exact
+                                   lambda tmp: _convert_gguf(gguf, dtype, tmp), engine=None, device=None,
                                    form="dir").path
-        return ResolvedModel(str(out), f"gguf:{digest}:{spec.dtype}", f"{gguf.name} (dequantised, {spec.dtype})")
+        return ResolvedModel(str(out), f"gguf:{digest}:{dtype}", f"{gguf.name} (dequantised, {dtype})")
     if target.is_dir():
         return ResolvedModel(str(target.resolve()), f"dir:{_local_dir_identity(target)}", str(target))
     # A hub ID: the revision pins the weights.

@@ -29,7 +29,8 @@ from .protocol import MethodEntry, Protocol, load_protocol
 from .record import BASE_ROW, is_current, package_versions, record_path, write_record
 from .select import SelectionContext, cached_selection, file_fingerprints, selection_inputs
 from .tracking import details_table, log_cell, log_leaderboard
-from .train import TRAIN_DEVICE, finetune
+from .device import device_setting, resolve_device, resolve_dtype
+from .train import finetune
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -58,6 +59,8 @@ class Board:
     def __post_init__(self):
         self.protocol: Protocol = load_protocol(self.ws.protocol_path(self.name))
         self.cache = ArtifactCache(self.ws.cache_dir)
+        self.device = resolve_device(device_setting(self.protocol))  # every stage computes here
+        self.dtype = resolve_dtype(self.protocol.base_model.dtype, self.device)
         self.methods = registry.load_all(self.plugins)
         # Methods are not part of the protocol's hash, so an ad hoc row leaves the board's other records current.
         committed = {m.row: m for m in self.protocol.methods}
@@ -87,7 +90,7 @@ class Board:
 
     @cached_property
     def base_handle(self) -> BaseModelHandle:
-        return BaseModelHandle(self.base, self.protocol.base_model.dtype, self.protocol.recipe.chat_template)
+        return BaseModelHandle(self.base, self.dtype, self.protocol.recipe.chat_template, device=self.device)
 
     def new_signals(self):
         """A signal cache for one selection (its report is that cell's computed-vs-reused accounting); the
@@ -139,7 +142,7 @@ class Board:
         if self._judge is None:
             from .judge import open_judge
 
-            self._judge = self._judge_stack.enter_context(open_judge(self.protocol.judge, self.cache))
+            self._judge = self._judge_stack.enter_context(open_judge(self.protocol.judge, self.cache, self.device))
         return self._judge
 
     def close(self) -> None:
@@ -159,23 +162,23 @@ class Board:
     def train(self, selection, seed: int) -> tuple[ModelUnderTest, dict[str, Any]]:
         recipe = self.protocol.recipe
         inputs = {"base": self.base.identity, "recipe": recipe.model_dump(mode="json"), "selection": selection.hash,
-                  "seed": seed, "dtype": self.protocol.base_model.dtype}
+                  "seed": seed, "dtype": self.dtype}
         art = self.cache.get_or_compute("adapters", inputs, lambda tmp: finetune(
-            self.base.path, selection.training_examples(self.pool), recipe, seed, tmp,
-            dtype=self.protocol.base_model.dtype), engine=None, device=TRAIN_DEVICE, form="dir")
+            self.base.path, selection.training_examples(self.pool), recipe, seed, tmp, dtype=self.dtype,
+            device=self.device), engine=None, device=self.device, form="dir")
         out, key = art.path, art.key
         import json
 
         report = json.loads((out / "train_report.json").read_text())
         model = ModelUnderTest(name=key, base_path=str(out) if recipe.finetune == "full" else self.base.path,
                                adapter=None if recipe.finetune == "full" else str(out),
-                               identity=f"{self.base.identity}+train:{key}", dtype=self.protocol.base_model.dtype,
-                               chat_template=recipe.chat_template)
+                               identity=f"{self.base.identity}+train:{key}", dtype=self.dtype,
+                               chat_template=recipe.chat_template, device=self.device)
         return model, {**report, "key": key}
 
     def base_model_under_test(self) -> ModelUnderTest:
-        return ModelUnderTest(BASE_ROW, self.base.path, None, self.base.identity, self.protocol.base_model.dtype,
-                              self.protocol.recipe.chat_template)
+        return ModelUnderTest(BASE_ROW, self.base.path, None, self.base.identity, self.dtype,
+                              self.protocol.recipe.chat_template, self.device)
 
     def baseline_models(self, cell: Cell, needed: set[str]) -> dict[str, ModelUnderTest]:
         """Trained models of the reference rows that pairwise evaluation compares this cell against."""

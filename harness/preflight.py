@@ -82,6 +82,7 @@ def preflight(ws: Workspace, board: str, plugins: tuple[str, ...] = (), ad_hoc: 
         except (ValueError, TypeError) as e:
             rep.add(where, str(e), "fix the parameter (defaults are the method's signature)")
     _check_pool(ws, protocol, rep)
+    _check_device(protocol, rep)
     _check_model(protocol.base_model, "base_model", rep)
     needs_judge = _check_evaluators(ws, protocol, path, rep)
     if needs_judge or any(getattr(specs.get(m.name), "uses_judge", False) for m in protocol.methods):
@@ -106,6 +107,17 @@ def _check_pool(ws: Workspace, protocol, rep: PreflightReport) -> None:
             rep.add("budgets", f"budget {b} exceeds the pool's {n} trainable rows",
                     "lower the budget or grow pool.sample")
     rep.checked.append(f"pool: {len(pool)} rows, {n} trainable")
+
+
+def _check_device(protocol, rep: PreflightReport) -> None:
+    from .device import device_setting, resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(device_setting(protocol))
+    except ValueError as e:
+        rep.add("device", str(e), "set `device: auto` (or $SELBENCH_DEVICE) or run where that device is")
+        return
+    rep.checked.append(f"device: {device} ({resolve_dtype(protocol.base_model.dtype, device)})")
 
 
 def _check_model(spec, where: str, rep: PreflightReport) -> None:

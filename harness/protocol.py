@@ -30,7 +30,8 @@ class BaseModelSpec(_Strict):
     path: str
     gguf_file: str | None = None
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="auto: bfloat16 on a CUDA device that supports it, else float32")
 
 
 class PoolSpec(_Strict):
@@ -165,6 +166,8 @@ class Protocol(_Strict):
     # evaluation's info name the engine actually used.
     engine: Literal["auto", "transformers", "vllm"] = Field(
         "auto", description="auto: vLLM when it imports, else transformers; $SELBENCH_ENGINE overrides")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="every stage's device; auto: cuda, then mps, then cpu; $SELBENCH_DEVICE overrides")
     methods: list[MethodEntry] = Field(min_length=1)
 
     @field_validator("budgets")
@@ -187,7 +190,8 @@ class Protocol(_Strict):
         return v
 
     def fixed_part(self) -> dict[str, Any]:
-        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description", "engine"}),
+        return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description", "engine",
+                                                        "device"}),
                 "judge": self.judge.identity()}
 
     @property

@@ -96,7 +96,8 @@ def ref_likelihood(model: ModelUnderTest, spec: Any, ctx: EvalContext) -> EvalRe
     s = RefLikelihoodSettings.model_validate(spec or {})
     items = reference_items(ctx, s)
     handle = BaseModelHandle(ResolvedModel(model.base_path, model.identity, model.name), model.dtype,
-                             model.chat_template, adapter=model.adapter, adapter_identity=model.identity)
+                             model.chat_template, device=model.device, adapter=model.adapter,
+                             adapter_identity=model.identity)
     signals = SignalCache(ctx.cache, None, batch_size=s.batch_size, max_len=s.max_len)
     tok = handle.tokenizer
     pairs = [fit(*prompt_and_response_ids(tok, it["instruction"], it["reference"]), s.max_len) for it in items]

@@ -32,7 +32,7 @@ from markdown_it import MarkdownIt
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .leaderboard import headline_columns
+from .leaderboard import headline_columns, selection_judge_tokens
 from .record import BASE_ROW
 
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -86,6 +86,8 @@ def judge_tokens(records: list[tuple[Path, dict[str, Any]]]) -> dict[tuple[str, 
         tokens = sum(int(v) for ev in (rec.get("evaluation") or {}).values()
                      for k, v in ((ev or {}).get("counts") or {}).items()
                      if k.endswith(("prompt_tokens", "completion_tokens")))
+        sel = selection_judge_tokens(rec)  # a judged method's rating of the pool
+        tokens += 0 if math.isnan(sel) else int(sel)
         budget = "" if rec.get("budget") is None else rec["budget"]
         per_row.setdefault((rec["method"]["row"], budget), []).append(tokens)
     return {k: sum(v) / len(v) for k, v in per_row.items()}

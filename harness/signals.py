@@ -147,6 +147,8 @@ class SignalCache:
         self.batch_size = batch_size
         self.max_len = max_len
         self.progress = progress
+        # sentence encoders run where the base model does (the CPU without one)
+        self.device = base_model.device if base_model is not None else "cpu"
         self.computed: list[str] = []
         self.reused: list[str] = []
         self.seconds: dict[str, float] = {}  # compute seconds per computed signal
@@ -385,13 +387,13 @@ class SignalCache:
         def compute():
             from sentence_transformers import SentenceTransformer
 
-            st = SentenceTransformer(path, device="cpu")
+            st = SentenceTransformer(path, device=self.device)
             emb = st.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
                             show_progress_bar=self.progress)
             return {"emb": np.asarray(emb, dtype=np.float32)}
 
         return self._cached(f"sentence_embeddings[{model_name},{fields}]", key, compute, engine=None,
-                            device="cpu")["emb"]
+                            device=self.device)["emb"]
 
     def hidden_state_embeddings(self, pool, *, model: BaseModelHandle | None = None, pooling: str = "mean",
                                 text: str = "conversation") -> np.ndarray:
@@ -452,12 +454,12 @@ class SignalCache:
         def compute():
             from sentence_transformers import SentenceTransformer
 
-            st = SentenceTransformer(path, device="cpu")
+            st = SentenceTransformer(path, device=self.device)
             emb = st.encode(list(texts), batch_size=batch_size, normalize_embeddings=normalize,
                             convert_to_numpy=True, show_progress_bar=self.progress) if texts else np.zeros((0, 0))
             return {"emb": np.asarray(emb, dtype=np.float32)}
 
-        return self._cached(f"text_embeddings[{name}]", key, compute, engine=None, device="cpu")["emb"]
+        return self._cached(f"text_embeddings[{name}]", key, compute, engine=None, device=self.device)["emb"]
 
     def next_token_logprobs(self, contexts: Sequence[Sequence[int]], candidates: Sequence[int], *,
                             model: BaseModelHandle | None = None, name: str = "next_token") -> np.ndarray:

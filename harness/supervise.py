@@ -1,13 +1,18 @@
-"""``python -m selbench.supervise -- ARGV...``: run ARGV and take it down when the harness goes.
+"""Processes the harness starts never outlive it, also when it is killed with SIGKILL and runs no cleanup.
 
-A server the harness starts (the local judge, vLLM's OpenAI server) must not outlive it, also when the harness is
-killed with SIGKILL and runs no cleanup. The harness starts this small process in a new process group; it runs ARGV
-in that same group (with every process ARGV spawns) and polls its parent: when the parent is gone, or on SIGTERM, it
-kills the whole group. The harness's own shutdown kills the group directly.
+``python -m selbench.supervise -- ARGV...`` runs a server (the local judge, vLLM's OpenAI server): the harness starts
+this small process in a new process group; it runs ARGV in that same group (with every process ARGV spawns) and
+polls its parent: when the parent is gone, or on SIGTERM, it kills the whole group. The harness's own shutdown kills
+the group directly.
+
+``python -m selbench.supervise --reap`` (:func:`watch`) covers processes that libraries spawn for us, e.g. the engine
+core and workers of an in-process vLLM engine: the harness writes their PIDs to its stdin; when stdin closes (the
+harness exited or died) it kills those still alive, with their children.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,7 +29,45 @@ def _kill_group(grace_s: float) -> None:
         time.sleep(grace_s)
 
 
+def reap() -> int:
+    import psutil
+
+    watched = []
+    for line in sys.stdin:  # until the harness closes the pipe, by exiting or dying
+        pid, created = line.split()
+        watched.append((int(pid), float(created)))
+    for pid, created in watched:
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) > 0.01:  # the PID now belongs to another process
+                continue
+            for p in [*proc.children(recursive=True), proc]:
+                p.kill()
+        except psutil.Error:
+            continue
+    return 0
+
+
+_REAPER: subprocess.Popen | None = None
+
+
+def watch(pids) -> None:
+    """Kill ``pids`` (and their children) when this process exits or dies; they may end earlier on their own."""
+    import psutil
+
+    global _REAPER
+    if _REAPER is None or _REAPER.poll() is not None:
+        _REAPER = subprocess.Popen([sys.executable, "-m", "selbench.supervise", "--reap"], stdin=subprocess.PIPE,
+                                   start_new_session=True, text=True)
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            _REAPER.stdin.write(f"{pid} {psutil.Process(pid).create_time()}\n")
+    _REAPER.stdin.flush()
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--reap"]:
+        return reap()
     if "--" not in argv:
         print("usage: python -m selbench.supervise -- ARGV...", file=sys.stderr)
         return 2

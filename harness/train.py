@@ -25,9 +25,6 @@ from .models import load_tokenizer, torch_dtype
 
 log = logging.getLogger(__name__)
 
-TRAIN_DEVICE = "cpu"  # finetune never moves the model: it trains where transformers loads it (for cache keys)
-
-
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
     """Shuffle, sort within mega-batches of 50 batches by length, cut into batches, shuffle the batches.
 
@@ -65,7 +62,8 @@ def _set_determinism(seed: int) -> None:
 
 
 def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir: str | Path,
-             dtype: str = "float32", chat_template: str | None = None, progress: bool = True) -> dict:
+             dtype: str = "float32", chat_template: str | None = None, progress: bool = True,
+             device: str = "cpu") -> dict:
     """Train on ``examples`` with ``recipe`` (a ``RecipeSpec``) and save the result into ``out_dir``."""
     from transformers import AutoModelForCausalLM, get_scheduler
 
@@ -79,7 +77,7 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     if not data:
         raise ValueError("no example has a response token inside max_seq_len; raise recipe.max_seq_len")
 
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype)).to(device)
     if recipe.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -109,7 +107,7 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     pbar = tqdm(total=steps, desc="train", leave=False, disable=not progress, dynamic_ncols=True)
     step_loss, step_tokens = 0.0, 0
     for i, (ep, batch_idx) in enumerate(plan):
-        batch = collate([data[j] for j in batch_idx], tok.pad_token_id)
+        batch = {k: v.to(device) for k, v in collate([data[j] for j in batch_idx], tok.pad_token_id).items()}
         n_tok = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         # Sum over tokens, then normalise by the tokens of the whole accumulated step: every response token
@@ -144,7 +142,7 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     report = {"steps": steps, "examples": len(data), "dropped_examples": len(examples) - len(data),
               "trained_tokens": trained_tokens, "total_tokens": real,
               "padding_fraction": round(1 - real / padded, 4) if padded else 0.0,
-              "final_loss": curve[-1]["loss"], "loss_curve": curve,
+              "final_loss": curve[-1]["loss"], "loss_curve": curve, "device": device, "dtype": dtype,
               "wall_s": round(time.perf_counter() - t_start, 2)}
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -131,9 +131,16 @@ class VllmEngine:
             self._stack.enter_context(scoped_environ(engine_env(Path(cache_root), tmp)))
             from vllm import LLM
 
+            import psutil
+
+            from .supervise import watch
+
             lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if max_lora_rank else {}
+            before = {p.pid for p in psutil.Process().children()}
             self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                            enforce_eager=on_cpu(), **lora)  # compiled graphs never reload from cache on CPU
+            # vLLM's engine core (and its workers) would outlive a SIGKILLed harness
+            watch([p.pid for p in psutil.Process().children() if p.pid not in before])
         except BaseException:
             self._stack.close()
             raise

@@ -53,14 +53,14 @@ def _recipe(ctx):
 
 def _train_round(ctx, pool, ids: list[str], recipe) -> BaseModelHandle:
     """Fine-tune the base model on ``ids`` (cached) and return a handle to the result."""
-    from selbench.train import TRAIN_DEVICE, finetune
+    from selbench.train import finetune
 
     base = ctx.base_model
     inputs = {"method": "diverseevol", "base": base.identity, "dtype": base.dtype,
               "recipe": recipe.model_dump(mode="json"), "seed": ctx.seed, "ids": ids}
     art = ctx.cache.get_or_compute("diverseevol", inputs, lambda tmp: finetune(
         base.path, pool.subset(ids), recipe, ctx.seed, tmp, dtype=base.dtype, chat_template=recipe.chat_template,
-        progress=False), engine=None, device=TRAIN_DEVICE, form="dir")
+        progress=False, device=base.device), engine=None, device=base.device, form="dir")
     out, key = art.path, art.key
     if recipe.finetune == "lora":
         return BaseModelHandle(base.resolved, dtype=base.dtype, chat_template=base.chat_template,

@@ -44,18 +44,18 @@ def _recipe(ctx):
 def train_seed_model(ctx, pool, ids: list[str]):
     """The base model fine-tuned on ``ids`` with the board's recipe (cached); a model to generate with."""
     from selbench.evaluate import ModelUnderTest
-    from selbench.train import TRAIN_DEVICE, finetune
+    from selbench.train import finetune
 
     base, recipe = ctx.base_model, _recipe(ctx)
     inputs = {"method": "mods", "base": base.identity, "dtype": base.dtype, "recipe": recipe.model_dump(mode="json"),
               "seed": ctx.seed, "ids": ids}
     art = ctx.cache.get_or_compute("mods", inputs, lambda tmp: finetune(
         base.path, pool.subset(ids), recipe, ctx.seed, tmp, dtype=base.dtype, chat_template=recipe.chat_template,
-        progress=False), engine=None, device=TRAIN_DEVICE, form="dir")
+        progress=False, device=base.device), engine=None, device=base.device, form="dir")
     lora = recipe.finetune == "lora"
     return ModelUnderTest(name=f"mods-seed:{art.key}", base_path=base.path if lora else str(art.path),
                           adapter=str(art.path) if lora else None, identity=f"{base.identity}+mods-seed:{art.key}",
-                          dtype=base.dtype, chat_template=base.chat_template), art.key
+                          dtype=base.dtype, chat_template=base.chat_template, device=base.device), art.key
 
 
 @register_method("mods", family="small-model", aspect="quality",

@@ -81,3 +81,19 @@ def test_configured_judged_columns_show_even_when_no_verdict_parsed(tmp_path):
     assert "mt_bench/score" in header and "alpaca_eval" not in header
     row = next(line for line in md.splitlines() if line.startswith("| **random**"))
     assert "| 6/6 |" in row and "| – |" in row
+
+
+def test_judged_selection_cost_in_tokens_is_a_column(tmp_path):
+    """A method that rated the pool with the judge shows the tokens it spent; the others show none."""
+    board, protocol = make_board(tmp_path)
+    res = tmp_path / "results"
+    atomic_write_json(res / "b" / "random" / "4" / "seed0.json", rec(protocol.hash, "random", 4, 0, 0.4, 0.0))
+    r = rec(protocol.hash, "alpagasus", 4, 0, 0.5, 0.0)
+    r["selection"] = {"cost": {"wall_s": 3.0, "judge": {"calls": 12, "prompt_tokens": 1000, "completion_tokens": 24}}}
+    atomic_write_json(res / "b" / "alpagasus" / "4" / "seed0.json", r)
+    out = build_leaderboard(res, board, "b", protocol)
+    t = out["table"].set_index("method")
+    assert t.loc["alpagasus", "select_tokens"] == 1024 and t["select_tokens"].isna()["random"]
+    md = (board / "LEADERBOARD.md").read_text()
+    assert "select judge tokens" in next(line for line in md.splitlines() if line.startswith("| method"))
+    assert next(line for line in md.splitlines() if line.startswith("| alpagasus")).rstrip(" |").endswith("1024")

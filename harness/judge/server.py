@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..cache import ArtifactCache
+from ..device import resolve_dtype
 from .client import JudgeClient
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def vllm_server_command(model_path: str, port: int) -> list[str]:
     return argv + (["--dtype", "float32", "--enforce-eager"] if on_cpu() else ["--dtype", "auto"])
 
 
-def server_command(server: str, model_path: str, port: int, gguf: Path | None = None) -> tuple[list[str], str]:
+def server_command(server: str, model_path: str, port: int, gguf: Path | None = None,
+                   device: str = "cpu") -> tuple[list[str], str]:
     """(argv, model name requests must use). ``transformers serve`` pins the model and wants its path as name."""
     if server == "vllm":
         return vllm_server_command(model_path, port), "judge"
@@ -101,8 +103,8 @@ def server_command(server: str, model_path: str, port: int, gguf: Path | None = 
                  "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
                  "--n_threads", str(max(1, os.cpu_count() or 1))], "judge")
     exe = shutil.which("transformers") or str(Path(sys.executable).with_name("transformers"))
-    return ([exe, "serve", model_path, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--dtype", "float32"], model_path)
+    return ([exe, "serve", model_path, "--host", "127.0.0.1", "--port", str(port), "--device", device,
+             "--dtype", resolve_dtype("auto", device)], model_path)
 
 
 def supervised(argv: list[str]) -> list[str]:
@@ -129,7 +131,8 @@ def _sigterm_as_exit() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -> Iterator[JudgeClient]:
+def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0,
+                 device: str = "cpu") -> Iterator[JudgeClient]:
     from ..models import resolve_base_model, resolve_pkg_path
     from ..protocol import BaseModelSpec
 
@@ -141,7 +144,7 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
         raw = resolve_pkg_path(spec.model) if spec.model.startswith("pkg://") else Path(spec.model)
         gguf = raw if raw.suffix == ".gguf" else None
     port = free_port()
-    argv, model_name = server_command(spec.server, resolved.path, port, gguf)
+    argv, model_name = server_command(spec.server, resolved.path, port, gguf, device)
     with _sigterm_as_exit(), cache.scratch("judge") as tmp:
         # transformers serve's /v1/models answers 500 unless HF_HOME holds an (empty) hub/ folder.
         (Path(tmp) / "hf" / "hub").mkdir(parents=True)
@@ -175,10 +178,10 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0) -
 
 
 @contextlib.contextmanager
-def open_judge(spec, cache: ArtifactCache) -> Iterator[JudgeClient]:
+def open_judge(spec, cache: ArtifactCache, device: str = "cpu") -> Iterator[JudgeClient]:
     """A started judge for the protocol's ``judge`` section; everything it started is stopped on exit."""
     if spec.kind == "local":
-        with local_server(spec, cache) as client:
+        with local_server(spec, cache, device=device) as client:
             yield client
         return
     if not spec.model:
