@@ -150,6 +150,26 @@ def check(board: str = typer.Option(..., "--board"), plugin: Optional[List[Path]
         raise typer.Exit(1)
 
 
+@app.command("plan")
+def plan_cmd(board: str = typer.Option(..., "--board"), root: Optional[Path] = RootOpt,
+             pool_size: Optional[int] = typer.Option(None, help="trainable pool size, when the pool is not here"),
+             example_tokens: Optional[float] = typer.Option(None, help="mean tokens per example, likewise"),
+             train_tps: float = typer.Option(3000.0, help="full fine-tuning tokens/s per GPU"),
+             lora_train_tps: float = typer.Option(5000.0, help="LoRA fine-tuning tokens/s per GPU"),
+             generate_tps: float = typer.Option(2000.0, help="generated tokens/s per GPU (vLLM, batched)"),
+             judge_usd_in: float = typer.Option(30.0, help="judge $ per million input tokens"),
+             judge_usd_out: float = typer.Option(60.0, help="judge $ per million output tokens")):
+    """Estimate a refresh before running it: cells, tokens to train, generate and judge, GPU-hours, judge cost."""
+    from .plan import Throughputs, format_plan, plan_board
+
+    try:
+        p = plan_board(Workspace.at(root), board, Throughputs(train_tps, lora_train_tps, generate_tps, judge_usd_in,
+                                                               judge_usd_out), pool_size, example_tokens)
+    except (ProtocolError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(format_plan(p), markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def run(board: str = typer.Option(..., "--board"), method: str = typer.Option(..., "--method"),
         budget: Optional[str] = typer.Option(None, "--budget", help="count or fraction; default: every budget"),

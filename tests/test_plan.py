@@ -1,0 +1,47 @@
+"""`selbench plan`: the counts behind a refresh's estimate, from the protocol and the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from selbench.cli import app
+from selbench.paths import Workspace
+from selbench.plan import Throughputs, plan_board
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_board_estimate():
+    from selbench import registry
+    from selbench.protocol import load_protocol
+
+    protocol = load_protocol(REPO / "leaderboards" / "cherry-7b" / "protocol.yaml")
+    for m in protocol.methods:
+        registry.validate_params(registry.get_method(m.name), m.params, m.row)
+    p = plan_board(Workspace(REPO), "cherry-7b", pool_size=52002, example_tokens=200)
+    # 7 rows x 3 budgets x 3 seeds + full x 3 seeds
+    assert p.cells == 7 * 3 * 3 + 3 and p.finetune == "full"
+    budgets = [2600, 5200, 7800]  # 5/10/15% of 52,002
+    assert p.train_tokens == pytest.approx((7 * sum(budgets) + 52002) * 3 * 200 * 3)  # x seeds x tokens x epochs
+    n_pairwise = 80 + 180 + 218 + 252 + 300
+    assert p.judge_calls == (80 * 2 + 805 + n_pairwise * 2 * 2) * (p.cells + 1)
+    assert p.gpu_hours["train"] == pytest.approx(p.train_tokens / 3000 / 3600)
+    assert p.judge_usd > 1000 and not p.local_judge
+    cheaper = plan_board(Workspace(REPO), "cherry-7b", Throughputs(judge_usd_per_m_input=2.5,
+                                                                   judge_usd_per_m_output=10.0), 52002, 200)
+    assert cheaper.judge_usd < p.judge_usd / 5
+
+
+def test_pool_measured_when_it_loads_and_cli(tmp_path, tiny_model_dir):
+    from test_end_to_end import make_workspace
+
+    ws = make_workspace(tmp_path, tiny_model_dir, [{"name": "random"}, {"name": "longest"}])
+    p = plan_board(ws, "tiny")
+    assert p.cells == 2 and "60 trainable examples" in " ".join(p.notes) and p.judge_calls == 0
+    r = CliRunner().invoke(app, ["plan", "--board", "tiny", "--root", str(ws.root)])
+    assert r.exit_code == 0 and "GPU-h" in r.output and "2 cells" in r.output
+    r = CliRunner().invoke(app, ["plan", "--board", "cherry-7b", "--root", str(REPO)], env={"HF_HUB_OFFLINE": "1"})
+    assert r.exit_code == 2 and "--pool-size" in r.output
