@@ -30,7 +30,7 @@ from .record import BASE_ROW, is_current, package_versions, record_path, write_r
 from .select import SelectionContext, cached_selection, file_fingerprints, selection_inputs
 from .tracking import details_table, log_cell, log_leaderboard
 from .device import device_setting, resolve_device, resolve_dtype
-from .train import finetune
+from .train import finetune, launch_finetune, train_processes
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -163,9 +163,17 @@ class Board:
         recipe = self.protocol.recipe
         inputs = {"base": self.base.identity, "recipe": recipe.model_dump(mode="json"), "selection": selection.hash,
                   "seed": seed, "dtype": self.dtype}
-        art = self.cache.get_or_compute("adapters", inputs, lambda tmp: finetune(
-            self.base.path, selection.training_examples(self.pool), recipe, seed, tmp, dtype=self.dtype,
-            device=self.device), engine=None, device=self.device, form="dir")
+        procs = train_processes()
+        if procs > 1:  # the same global batch; only dropout masks differ from a 1-process run
+            inputs["processes"] = procs
+
+        def train(tmp):
+            examples = selection.training_examples(self.pool)
+            if procs > 1:
+                return launch_finetune(procs, self.base.path, examples, recipe, seed, tmp, self.dtype, self.device)
+            return finetune(self.base.path, examples, recipe, seed, tmp, dtype=self.dtype, device=self.device)
+
+        art = self.cache.get_or_compute("adapters", inputs, train, engine=None, device=self.device, form="dir")
         out, key = art.path, art.key
         import json
 

@@ -4,14 +4,25 @@ LoRA (peft) or full fine-tuning of the base model on the selected examples, with
 loss on response tokens only, length-grouped batches to keep padding low, and a fixed seed that makes the run
 deterministic on CPU. Saves the adapter (or weights) plus ``train_report.json``: loss curve, trained tokens,
 padding fraction, wall time.
+
+One process or many: under ``accelerate launch --multi_gpu`` or ``torchrun`` (DDP through accelerate; NCCL on GPUs,
+gloo on CPU) every process builds the same
+plan of micro-batches; an optimizer step takes ``grad_accum x processes`` consecutive ones, process ``r`` the
+``r``-th group of ``grad_accum``. The global batch is ``batch_size x grad_accum x processes`` and every response
+token of a step weighs the same, so 1 process with ``grad_accum: 2`` and 2 processes with ``grad_accum: 1`` follow
+the same loss curve. ``python -m selbench.train JOB.json`` runs a recipe from a JSON job file, as a launcher
+needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -61,6 +72,15 @@ def _set_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def _accelerator(device: str):
+    """accelerate's ``Accelerator`` when this process is one of several (``accelerate launch``), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu")
+
+
 def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir: str | Path,
              dtype: str = "float32", chat_template: str | None = None, progress: bool = True,
              device: str = "cpu") -> dict:
@@ -77,6 +97,10 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     if not data:
         raise ValueError("no example has a response token inside max_seq_len; raise recipe.max_seq_len")
 
+    accelerator = _accelerator(device)  # None in a single process
+    world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
+    if accelerator:
+        device = str(accelerator.device)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype)).to(device)
     if recipe.finetune == "lora":
         from peft import LoraConfig, get_peft_model
@@ -88,6 +112,8 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if accelerator:
+        model = accelerator.prepare_model(model)
 
     rng = random.Random(seed)
     epochs = math.ceil(recipe.epochs)
@@ -99,42 +125,61 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
         if ep == epochs - 1 and recipe.epochs < epochs:
             batches = batches[: max(1, round(len(batches) * (recipe.epochs - ep)))]
         plan += [(ep, b) for b in batches]
-    steps = math.ceil(len(plan) / recipe.grad_accum)
+    per_step = recipe.grad_accum * world  # micro-batches of one optimizer step, over all processes
+    steps = math.ceil(len(plan) / per_step)
     scheduler = get_scheduler(recipe.scheduler, optimizer, num_warmup_steps=int(recipe.warmup_ratio * steps),
                               num_training_steps=steps)
 
+    def n_tokens(batch_idx) -> int:  # response tokens the loss counts (the labels after the shift)
+        return sum(max(0, sum(1 for x in data[j].labels[1:] if x != IGNORE_INDEX)) for j in batch_idx)
+
     curve, trained_tokens, padded, real = [], 0, 0, 0
-    pbar = tqdm(total=steps, desc="train", leave=False, disable=not progress, dynamic_ncols=True)
-    step_loss, step_tokens = 0.0, 0
-    for i, (ep, batch_idx) in enumerate(plan):
-        batch = {k: v.to(device) for k, v in collate([data[j] for j in batch_idx], tok.pad_token_id).items()}
-        n_tok = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        # Sum over tokens, then normalise by the tokens of the whole accumulated step: every response token
-        # weighs the same however the batches split it.
-        logits = out.logits[:, :-1].reshape(-1, out.logits.size(-1)).float()
-        loss_sum = torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:].reshape(-1),
-                                                     ignore_index=IGNORE_INDEX, reduction="sum")
-        loss_sum.backward()
-        step_loss += loss_sum.item()
-        step_tokens += n_tok
-        trained_tokens += n_tok
-        padded += batch["input_ids"].numel()
-        real += int(batch["attention_mask"].sum())
-        if (i + 1) % recipe.grad_accum == 0 or i == len(plan) - 1:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.div_(max(step_tokens, 1))
-            torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            curve.append({"step": len(curve) + 1, "epoch": ep, "loss": step_loss / max(step_tokens, 1),
-                          "lr": scheduler.get_last_lr()[0]})
-            pbar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
-            pbar.update(1)
-            step_loss, step_tokens = 0.0, 0
+    pbar = tqdm(total=steps, desc="train", leave=False, disable=not progress or rank > 0, dynamic_ncols=True)
+    for s in range(steps):
+        group = plan[s * per_step:(s + 1) * per_step]
+        step_tokens = sum(n_tokens(b) for _, b in group)  # of the whole step, on every process: no collective
+        mine = group[rank * recipe.grad_accum:(rank + 1) * recipe.grad_accum]
+        weight = 1.0
+        if not mine:  # a short last step left this process nothing: it joins DDP's all-reduce with a zero gradient
+            mine, weight = group[:1], 0.0
+        step_loss = 0.0
+        for k, (ep, batch_idx) in enumerate(mine):
+            batch = {key: v.to(device) for key, v in collate([data[j] for j in batch_idx], tok.pad_token_id).items()}
+            sync = accelerator.no_sync(model) if accelerator and k < len(mine) - 1 else contextlib.nullcontext()
+            with sync:
+                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                # Sum over tokens, then normalise by the tokens of the whole step: every response token weighs the
+                # same however the batches (and processes) split it.
+                logits = out.logits[:, :-1].reshape(-1, out.logits.size(-1)).float()
+                loss_sum = torch.nn.functional.cross_entropy(logits, batch["labels"][:, 1:].reshape(-1),
+                                                             ignore_index=IGNORE_INDEX, reduction="sum")
+                (loss_sum if weight == 1.0 else loss_sum * weight).backward()
+            if weight:
+                step_loss += loss_sum.item()
+                trained_tokens += n_tokens(batch_idx)
+                padded += batch["input_ids"].numel()
+                real += int(batch["attention_mask"].sum())
+        for p in params:  # DDP averaged the gradients over the processes: undo, then divide by the step's tokens
+            if p.grad is not None:
+                p.grad.div_(max(step_tokens, 1) / world)
+        torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if accelerator:
+            step_loss = float(accelerator.reduce(torch.tensor([step_loss], device=device), "sum").item())
+        curve.append({"step": s + 1, "epoch": group[-1][0], "loss": step_loss / max(step_tokens, 1),
+                      "lr": scheduler.get_last_lr()[0]})
+        pbar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
+        pbar.update(1)
     pbar.close()
+    if accelerator:
+        totals = accelerator.reduce(torch.tensor([trained_tokens, padded, real], device=device), "sum").tolist()
+        trained_tokens, padded, real = (int(x) for x in totals)
+        accelerator.wait_for_everyone()
+        model = accelerator.unwrap_model(model)
+        if rank > 0:  # the main process saves
+            return {}
 
     model.save_pretrained(out_dir)
     if recipe.finetune == "full":
@@ -146,3 +191,61 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
               "wall_s": round(time.perf_counter() - t_start, 2)}
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+PROCESSES_ENV = "SELBENCH_TRAIN_PROCESSES"
+
+
+def train_processes() -> int:
+    """Processes one training run uses: ``$SELBENCH_TRAIN_PROCESSES`` (default 1)."""
+    return max(1, int(os.environ.get(PROCESSES_ENV, "1") or 1))
+
+
+def launch_finetune(processes: int, base_path: str, examples: list[Example], recipe, seed: int, out_dir: str | Path,
+                    dtype: str = "float32", device: str = "cpu") -> dict:
+    """:func:`finetune` on ``processes`` DDP processes with the recipe's global batch: each process takes
+    ``grad_accum / processes`` micro-batches per step. ``accelerate launch --multi_gpu`` on GPUs, ``torchrun`` (gloo)
+    on the CPU, where accelerate's own launcher needs MPI."""
+    import subprocess
+
+    from .judge.server import free_port
+
+    if recipe.grad_accum % processes:
+        raise ValueError(f"recipe.grad_accum {recipe.grad_accum} is not divisible by {processes} processes: the "
+                         f"global batch (batch_size x grad_accum) must split evenly")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = {"base_path": base_path, "examples": [e.to_dict() for e in examples], "seed": seed, "dtype": dtype,
+           "device": device, "out_dir": str(out_dir),
+           "recipe": {**recipe.model_dump(mode="json"), "grad_accum": recipe.grad_accum // processes}}
+    job_file = out_dir / "train_job.json"
+    job_file.write_text(json.dumps(job))
+    port = str(free_port())
+    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--main_process_port", port] if device == "cuda" else \
+        ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", port]
+    r = subprocess.run([sys.executable, *launcher, "-m", "selbench.train", str(job_file)], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    job_file.unlink()
+    if r.returncode != 0:
+        raise RuntimeError(f"training on {processes} processes failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    report = json.loads((out_dir / "train_report.json").read_text())
+    return {**report, "processes": processes, "grad_accum_per_process": job["recipe"]["grad_accum"]}
+
+
+def main(argv: list[str]) -> int:
+    """``[accelerate launch ...] python -m selbench.train JOB.json``: the job names base_path, examples (dicts with
+    ``id`` and ``messages``), recipe (a RecipeSpec as JSON), seed, out_dir, dtype and device."""
+    from .protocol import RecipeSpec
+
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    examples = [Example(id=e["id"], messages=tuple(e["messages"]), instruction=e.get("instruction", ""),
+                        input=e.get("input", ""), output=e.get("output", "")) for e in job["examples"]]
+    finetune(job["base_path"], examples, RecipeSpec.model_validate(job["recipe"]), job["seed"], job["out_dir"],
+             dtype=job.get("dtype", "float32"), device=job.get("device", "cpu"), progress=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
