@@ -215,7 +215,13 @@ def refresh(board: str = typer.Option(..., "--board"),
             param: Optional[List[str]] = ParamOpt, label: Optional[str] = LabelOpt,
             force: bool = typer.Option(False, "--force", help="recompute cells even if their record is current"),
             plugin: Optional[List[Path]] = PluginOpt, root: Optional[Path] = RootOpt,
-            skip_preflight: bool = SkipPreflightOpt, verbose: bool = typer.Option(False, "-v")):
+            skip_preflight: bool = SkipPreflightOpt,
+            executor: str = typer.Option("local", "--executor", help="local | ray: each cell a Ray task"),
+            address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start "
+                                                                          "a local one)"),
+            task_cpus: float = typer.Option(1.0, "--task-cpus", help="CPUs per Ray task"),
+            task_gpus: float = typer.Option(0.0, "--task-gpus", help="GPUs per Ray task"),
+            verbose: bool = typer.Option(False, "-v")):
     """Run the board's whole matrix (skipping cells whose result is current) and regenerate the leaderboard."""
     from .pipeline import refresh as do_refresh
 
@@ -229,7 +235,8 @@ def refresh(board: str = typer.Option(..., "--board"),
         if not skip_preflight:
             _preflight_or_exit(root, board, plugin, (entry,) if entry else ())
         s = do_refresh(Workspace.at(root), board, rows or None, force, [str(p) for p in plugin or []],
-                       ad_hoc=(entry,) if entry else ())
+                       ad_hoc=(entry,) if entry else (), executor=executor, address=address,
+                       task_resources={"num_cpus": task_cpus, **({"num_gpus": task_gpus} if task_gpus else {})})
     except (ProtocolError, registry.RegistryError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(f"{board}: {len(s.done)} cells computed, {len(s.skipped)} up to date, {len(s.failed)} failed; "

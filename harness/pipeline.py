@@ -328,30 +328,41 @@ class RefreshSummary:
 
 
 def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force: bool = False,
-            plugins: Iterable[str] = (), include_base: bool = True,
-            ad_hoc: Iterable[MethodEntry] = ()) -> RefreshSummary:
-    """Run every cell of the board that has no current record, then regenerate its leaderboard."""
+            plugins: Iterable[str] = (), include_base: bool = True, ad_hoc: Iterable[MethodEntry] = (),
+            executor: str = "local", address: str | None = None,
+            task_resources: dict[str, float] | None = None) -> RefreshSummary:
+    """Run every cell of the board that has no current record (on the ``local`` or ``ray`` executor, see
+    :mod:`selbench.executors`), then regenerate its leaderboard."""
+    from .executors import EXECUTORS, run_local, run_ray
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     board = Board(ws, board_name, tuple(plugins), ad_hoc=tuple(ad_hoc))
     summary = RefreshSummary()
-    # `--force --methods X` recomputes X's rows only; the base row is forced by a full --force
-    jobs = [(BASE_ROW, lambda: board.run_base(force and not rows))] if include_base else []
-    jobs += [(str(cell), lambda cell=cell: board.run_cell(cell, force))  # the pool loads and validates here,
-             for cell in board.cells(rows)]                                # before any expensive work
+
+    def on_result(name: str, result) -> bool:
+        if isinstance(result, JudgeUnavailable):  # every later judged cell would fail the same way: stop here
+            summary.failed[name] = str(result)
+            summary.stopped = f"stopped: {result}; the next refresh retries what is missing"
+            return False
+        if isinstance(result, BaseException):  # one broken method must not stop the others
+            log.error("cell %s failed: %s: %s", name, type(result).__name__, result, exc_info=result)
+            summary.failed[name] = f"{type(result).__name__}: {result}"
+        else:
+            (summary.done if result == "done" else summary.skipped).append(name)
+        return True
+
     try:
-        for name, run in jobs:
-            try:
-                status, _ = run()
-            except KeyboardInterrupt:
-                raise
-            except JudgeUnavailable as e:  # every later judged cell would fail the same way: stop here
-                summary.failed[name] = str(e)
-                summary.stopped = f"stopped: {e}; the next refresh retries what is missing"
-                break
-            except Exception as e:  # one broken method must not stop the others
-                log.exception("cell %s failed", name)
-                summary.failed[name] = f"{type(e).__name__}: {e}"
-                continue
-            (summary.done if status == "done" else summary.skipped).append(name)
+        if executor == "ray":
+            if board.ad_hoc:
+                raise ValueError("ad hoc rows run on the local executor (a Ray worker loads the committed protocol)")
+            run_ray(board, rows, force, address, task_resources or {"num_cpus": 1}, on_result, include_base)
+        else:
+            # `--force --methods X` recomputes X's rows only; the base row is forced by a full --force
+            jobs = [(BASE_ROW, lambda: board.run_base(force and not rows))] if include_base else []
+            jobs += [(str(cell), lambda cell=cell: board.run_cell(cell, force))  # the pool loads and validates
+                     for cell in board.cells(rows)]                             # here, before any expensive work
+            run_local(jobs, on_result)
     finally:
         board.close()
     summary.leaderboard = board.leaderboard()
