@@ -165,3 +165,25 @@ def write_review_fixtures(dest: Path = REVIEW_DIR) -> list[Path]:
     p = dest / "fastchat_pair.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in pair_rows), encoding="utf-8")
     return [*paths, p]
+
+
+# -- DEITA: the Repr Filter and the expected score -------------------------------------------------------------------
+DEITA_TAU = 0.9
+DEITA_BUDGETS = (10, 40, 120)  # the last is more than the filter keeps: ours then fills by score
+
+
+def deita_inputs() -> dict[str, np.ndarray]:
+    """150 examples in 32-d: 30 directions, each with 5 near-duplicates (cosine ~0.9-1 within a group, so the
+    threshold matters), per-example complexity and quality scores in [1, 6] (distinct products, no sort ties), and
+    8 sets of six digit logits for the expected-score formula (a peaked, a flat and an extreme one included)."""
+    rs = np.random.RandomState(7)
+    dirs = rs.standard_normal((30, 32))
+    noise = rs.uniform(0.05, 0.6, size=(150, 1))
+    emb = (dirs[np.repeat(np.arange(30), 5)] + noise * rs.standard_normal((150, 32))).astype(np.float32)
+    complexity = rs.uniform(1, 6, size=150)
+    quality = rs.uniform(1, 6, size=150)
+    logits = rs.standard_normal((8, 6)) * 3
+    logits[0] = [0, 0, 0, 0, 0, 0]
+    logits[1] = [-50, -50, -50, 30, -50, -50]
+    logits[2] = [1e3, 0, 0, 0, 0, -1e3]
+    return {"embeddings": emb, "complexity": complexity, "quality": quality, "logits": logits}

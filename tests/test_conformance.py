@@ -201,3 +201,19 @@ def test_win_score_strict_rule_matches_fastchat_show_result():
         s2 = scores_sign(parse_two_scores(d["review_reverse"]), False)
         assert combine_strict(s1, s2) == ref, d
     assert r["ws_strict"] != r["ws"]  # the fixture separates the two rules
+
+
+def test_deita_repr_filter_and_expected_score_match_deita():
+    """hkust-nlp/deita's Combined_Filter and Scorer.infer_score, run on C.deita_inputs() (fixture deita.json)."""
+    from selbench.methods.deita import expected_score, repr_filter
+
+    fx = fixture("deita.json")
+    x = C.deita_inputs()
+    combined = x["complexity"] * x["quality"]
+    order = sorted(range(len(combined)), key=lambda i: -combined[i])
+    E = x["embeddings"] / np.linalg.norm(x["embeddings"], axis=1, keepdims=True)
+    for budget, ref in fx["selections"].items():
+        picks, n_filter = repr_filter(order, E, fx["tau"], int(budget))
+        assert n_filter == len(ref) and picks[:n_filter] == ref  # the same examples, in the same order
+        assert len(picks) == int(budget)  # where the filter ran out (120), ours fills the budget by score
+    assert np.allclose(expected_score(x["logits"]), fx["expected_scores"], rtol=0, atol=1e-6)
