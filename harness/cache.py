@@ -211,6 +211,28 @@ class ArtifactCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def socket_scratch() -> Iterator[Path]:
+        """A short temporary directory for Unix sockets (vLLM's IPC paths must stay under 107 characters, so not
+        under the cache): ``$TMPDIR/sb<pid>-<random>``, removed when the block ends, or by the next run's sweep."""
+        tmp = Path(tempfile.mkdtemp(prefix=f"sb{os.getpid()}-"))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def sweep_scratch(self) -> list[Path]:
+        """Remove the scratch directories that killed runs left under ``<root>/tmp`` and the socket directories
+        of dead processes (every run starts with it)."""
+        removed = remove_abandoned(self.root / "tmp")
+        for p in Path(tempfile.gettempdir()).glob("sb*-*"):
+            m = re.fullmatch(r"sb(\d+)-\w+", p.name)
+            if m and p.is_dir() and not _alive(int(m[1])):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed
+
     def get_json(self, kind: str, key: str) -> Any | None:
         """A JSON artifact by its key (e.g. a record's selection key), or None."""
         p = self.path(kind, key, ".json")

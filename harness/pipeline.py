@@ -59,6 +59,7 @@ class Board:
     def __post_init__(self):
         self.protocol: Protocol = load_protocol(self.ws.protocol_path(self.name))
         self.cache = ArtifactCache(self.ws.cache_dir)
+        self.cache.sweep_scratch()  # a killed run's judge home, log and sockets, whether or not this run needs them
         self.device = resolve_device(device_setting(self.protocol))  # every stage computes here
         self.dtype = resolve_dtype(self.protocol.base_model.dtype, self.device)
         self.methods = registry.load_all(self.plugins)

@@ -125,9 +125,9 @@ class VllmEngine:
         try:
             if cache_root is None:
                 cache_root = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="selbench-vllm-")))
-            from .cache import ArtifactCache  # its tmp/ is swept of what killed runs left
+            from .cache import ArtifactCache  # its sweep removes what killed runs left
 
-            tmp = self._stack.enter_context(ArtifactCache(cache_root).scratch("vllm"))
+            tmp = self._stack.enter_context(ArtifactCache.socket_scratch())
             self._stack.enter_context(scoped_environ(engine_env(Path(cache_root), tmp)))
             from vllm import LLM
 

@@ -30,9 +30,10 @@ CONVS = [["What is the capital of France?", "And of Italy?"],
 
 
 def _engine_processes() -> list[psutil.Process]:
-    """Child processes, less multiprocessing's resource tracker (it lives as long as this process does)."""
+    """Child processes, less those that live as long as this process does: multiprocessing's resource tracker and
+    selbench's reaper (``selbench.supervise --reap``, which kills the engine's processes if this one dies)."""
     return [p for p in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(p.cmdline())]
+            if not any(s in " ".join(p.cmdline()) for s in ("resource_tracker", "selbench.supervise"))]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +127,9 @@ def test_generation_cache_key_names_the_engine(smollm2_dir, lora_engine, tmp_pat
 def test_close_releases_the_engine_processes(lora_engine):
     started = lora_engine.test_processes
     assert started, "the engine core should run in child processes"
+    from selbench import supervise
+
+    assert supervise._REAPER is not None and supervise._REAPER.poll() is None  # watching them meanwhile
     lora_engine.close()
     _, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, f"engine processes still running after close: {[p.cmdline() for p in alive]}"

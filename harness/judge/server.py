@@ -145,14 +145,14 @@ def local_server(spec, cache: ArtifactCache, startup_timeout_s: float = 300.0,
         gguf = raw if raw.suffix == ".gguf" else None
     port = free_port()
     argv, model_name = server_command(spec.server, resolved.path, port, gguf, device)
-    with _sigterm_as_exit(), cache.scratch("judge") as tmp:
+    with _sigterm_as_exit(), cache.scratch("judge") as tmp, cache.socket_scratch() as sockets:
         # transformers serve's /v1/models answers 500 unless HF_HOME holds an (empty) hub/ folder.
         (Path(tmp) / "hf" / "hub").mkdir(parents=True)
         env = {**os.environ, "HF_HOME": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         if spec.server == "vllm":
             from ..vllm_engine import engine_env
 
-            env.update(engine_env(cache.root, Path(tmp)))
+            env.update(engine_env(cache.root, sockets))
         log_path = Path(tmp) / "server.log"
         base = f"http://127.0.0.1:{port}"
         log.info("starting judge server: %s", " ".join(argv))
