@@ -130,8 +130,10 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     scheduler = get_scheduler(recipe.scheduler, optimizer, num_warmup_steps=int(recipe.warmup_ratio * steps),
                               num_training_steps=steps)
 
-    def n_tokens(batch_idx) -> int:  # response tokens the loss counts (the labels after the shift)
-        return sum(max(0, sum(1 for x in data[j].labels[1:] if x != IGNORE_INDEX)) for j in batch_idx)
+    counted = [sum(1 for x in d.labels[1:] if x != IGNORE_INDEX) for d in data]  # tokens the loss counts, each
+
+    def n_tokens(batch_idx) -> int:
+        return sum(counted[j] for j in batch_idx)
 
     curve, trained_tokens, padded, real = [], 0, 0, 0
     pbar = tqdm(total=steps, desc="train", leave=False, disable=not progress or rank > 0, dynamic_ncols=True)
