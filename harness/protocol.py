@@ -76,6 +76,15 @@ class RecipeSpec(_Strict):
     loss_on_responses_only: bool = True
     group_by_length: bool = True
     max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, the same gradients (outside the hash, like the device)")
+
+    # Settings that change how a run computes, not what it trains: left out of the protocol hash and of the cache
+    # key of trained models, so turning one on keeps a board's records current and its trained models cached.
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("gradient_checkpointing",)
+
+    def identity(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=set(self.EXECUTION_FIELDS))
 
 
 class LmEvalSpec(_Strict):
@@ -160,6 +169,9 @@ class Protocol(_Strict):
     recipe: RecipeSpec = RecipeSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     judge: JudgeSpec = JudgeSpec()
+    # A second judge re-judges every judged item (the same cached answers) for the judge-agreement diagnostic;
+    # the board's metrics stay the first judge's. Part of the hash only when set.
+    second_judge: JudgeSpec | None = None
     tracking: TrackingSpec = TrackingSpec()
     # How answers are generated and losses scored, like the device: outside the hash, since fp32 greedy answers
     # are the same on both engines (bf16 ones can drift apart). Generation and signal cache keys and each judged
@@ -191,8 +203,9 @@ class Protocol(_Strict):
 
     def fixed_part(self) -> dict[str, Any]:
         return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description", "engine",
-                                                        "device"}),
-                "judge": self.judge.identity()}
+                                                        "device", "second_judge"}),
+                "recipe": self.recipe.identity(), "judge": self.judge.identity(),
+                **({"second_judge": self.second_judge.identity()} if self.second_judge else {})}
 
     @property
     def hash(self) -> str:

@@ -10,8 +10,10 @@ gloo on CPU) every process builds the same
 plan of micro-batches; an optimizer step takes ``grad_accum x processes`` consecutive ones, process ``r`` the
 ``r``-th group of ``grad_accum``. The global batch is ``batch_size x grad_accum x processes`` and every response
 token of a step weighs the same, so 1 process with ``grad_accum: 2`` and 2 processes with ``grad_accum: 1`` follow
-the same loss curve. ``python -m selbench.train JOB.json`` runs a recipe from a JSON job file, as a launcher
-needs.
+the same loss curve. With ``strategy: fsdp`` (``$SELBENCH_TRAIN_STRATEGY``) the processes shard the model instead of
+replicating it (torch FSDP2, :mod:`selbench.fsdp`): what a 7B full fine-tune needs. ``recipe.gradient_checkpointing``
+recomputes activations in the backward pass. ``python -m selbench.train JOB.json`` runs a recipe from a JSON job file,
+as a launcher needs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .data import Example
 from .formatting import IGNORE_INDEX, Tokenized, tokenize_conversation
+from .fsdp import full_state_dict, shard_model
 from .models import load_tokenizer, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -83,8 +86,12 @@ def _accelerator(device: str):
 
 def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir: str | Path,
              dtype: str = "float32", chat_template: str | None = None, progress: bool = True,
-             device: str = "cpu") -> dict:
-    """Train on ``examples`` with ``recipe`` (a ``RecipeSpec``) and save the result into ``out_dir``."""
+             device: str = "cpu", save_optimizer_state: bool = False, strategy: str = "ddp") -> dict:
+    """Train on ``examples`` with ``recipe`` (a ``RecipeSpec``) and save the result into ``out_dir``.
+
+    ``save_optimizer_state``: also write AdamW's final moments per trainable parameter name,
+    ``{name: {"exp_avg", "exp_avg_sq"}}``, to ``optimizer_state.pt`` (LESS's Adam-preconditioned gradients,
+    ``selbench.grads``). ``strategy``: ``ddp`` or ``fsdp``, when several processes run it."""
     from transformers import AutoModelForCausalLM, get_scheduler
 
     out_dir = Path(out_dir)
@@ -101,7 +108,13 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
     world, rank = (accelerator.num_processes, accelerator.process_index) if accelerator else (1, 0)
     if accelerator:
         device = str(accelerator.device)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype)).to(device)
+    sharded = accelerator is not None and strategy == "fsdp"
+    if sharded:  # float32 master weights, computing in `dtype`; fully_shard moves each shard to the device
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype(dtype)).to(device)
+    if recipe.gradient_checkpointing:  # non-reentrant: LoRA needs no input that requires grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if recipe.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -110,10 +123,12 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
                                                  target_modules=list(recipe.lora.target_modules),
                                                  task_type="CAUSAL_LM"))
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if accelerator:
+    if sharded:
+        model = shard_model(model, torch_dtype(dtype))
+    elif accelerator:
         model = accelerator.prepare_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # FSDP: the shards, so made after shard_model
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
     rng = random.Random(seed)
     epochs = math.ceil(recipe.epochs)
@@ -136,6 +151,7 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
         return sum(counted[j] for j in batch_idx)
 
     curve, trained_tokens, padded, real = [], 0, 0, 0
+    t_loop = time.perf_counter()  # the optimizer steps alone: what bench/train_bench.py compares
     pbar = tqdm(total=steps, desc="train", leave=False, disable=not progress or rank > 0, dynamic_ncols=True)
     for s in range(steps):
         group = plan[s * per_step:(s + 1) * per_step]
@@ -147,7 +163,9 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
         step_loss = 0.0
         for k, (ep, batch_idx) in enumerate(mine):
             batch = {key: v.to(device) for key, v in collate([data[j] for j in batch_idx], tok.pad_token_id).items()}
-            sync = accelerator.no_sync(model) if accelerator and k < len(mine) - 1 else contextlib.nullcontext()
+            # FSDP reduce-scatters every micro-batch: its no_sync would hold unsharded gradients
+            sync = accelerator.no_sync(model) if accelerator and not sharded and k < len(mine) - 1 else \
+                contextlib.nullcontext()
             with sync:
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 # Sum over tokens, then normalise by the tokens of the whole step: every response token weighs the
@@ -161,7 +179,7 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
                 trained_tokens += n_tokens(batch_idx)
                 padded += batch["input_ids"].numel()
                 real += int(batch["attention_mask"].sum())
-        for p in params:  # DDP averaged the gradients over the processes: undo, then divide by the step's tokens
+        for p in params:  # DDP/FSDP averaged the gradients over the processes: undo, divide by the step's tokens
             if p.grad is not None:
                 p.grad.div_(max(step_tokens, 1) / world)
         torch.nn.utils.clip_grad_norm_(params, recipe.max_grad_norm)
@@ -175,22 +193,30 @@ def finetune(base_path: str, examples: list[Example], recipe, seed: int, out_dir
         pbar.set_postfix(loss=f"{curve[-1]['loss']:.3f}")
         pbar.update(1)
     pbar.close()
+    loop_s = time.perf_counter() - t_loop
+    state = None  # the model's own state dict, except under FSDP
     if accelerator:
         totals = accelerator.reduce(torch.tensor([trained_tokens, padded, real], device=device), "sum").tolist()
         trained_tokens, padded, real = (int(x) for x in totals)
         accelerator.wait_for_everyone()
+        if sharded:
+            state = full_state_dict(model, recipe.finetune == "lora", torch_dtype(dtype))
         model = accelerator.unwrap_model(model)
         if rank > 0:  # the main process saves
             return {}
 
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, state_dict=state)
+    if save_optimizer_state:
+        names = {p: n for n, p in model.named_parameters() if p.requires_grad}
+        torch.save({names[p]: {k: optimizer.state[p][k].detach().cpu() for k in ("exp_avg", "exp_avg_sq")}
+                    for p in params if p in optimizer.state}, out_dir / "optimizer_state.pt")
     if recipe.finetune == "full":
         tok.save_pretrained(out_dir)
     report = {"steps": steps, "examples": len(data), "dropped_examples": len(examples) - len(data),
               "trained_tokens": trained_tokens, "total_tokens": real,
               "padding_fraction": round(1 - real / padded, 4) if padded else 0.0,
               "final_loss": curve[-1]["loss"], "loss_curve": curve, "device": device, "dtype": dtype,
-              "wall_s": round(time.perf_counter() - t_start, 2)}
+              "loop_s": round(loop_s, 2), "wall_s": round(time.perf_counter() - t_start, 2)}
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -203,22 +229,39 @@ def train_processes() -> int:
     return max(1, int(os.environ.get(PROCESSES_ENV, "1") or 1))
 
 
+STRATEGY_ENV = "SELBENCH_TRAIN_STRATEGY"
+STRATEGIES = ("ddp", "fsdp")
+
+
+def train_strategy() -> str:
+    """How several training processes share the model: ``$SELBENCH_TRAIN_STRATEGY``, ``ddp`` (default: each holds a
+    replica) or ``fsdp`` (each holds a shard of parameters, gradients and optimizer state)."""
+    strategy = (os.environ.get(STRATEGY_ENV) or "ddp").lower()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"${STRATEGY_ENV} is {strategy!r}; expected one of {STRATEGIES}")
+    return strategy
+
+
 def launch_finetune(processes: int, base_path: str, examples: list[Example], recipe, seed: int, out_dir: str | Path,
-                    dtype: str = "float32", device: str = "cpu") -> dict:
-    """:func:`finetune` on ``processes`` DDP processes with the recipe's global batch: each process takes
+                    dtype: str = "float32", device: str = "cpu", strategy: str | None = None) -> dict:
+    """:func:`finetune` on ``processes`` processes with the recipe's global batch: each process takes
     ``grad_accum / processes`` micro-batches per step. ``accelerate launch --multi_gpu`` on GPUs, ``torchrun`` (gloo)
-    on the CPU, where accelerate's own launcher needs MPI."""
+    on the CPU, where accelerate's own launcher needs MPI. ``strategy``: ``ddp`` or ``fsdp`` (default
+    :func:`train_strategy`)."""
     import subprocess
 
     from .judge.server import free_port
 
+    strategy = strategy or train_strategy()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}; expected one of {STRATEGIES}")
     if recipe.grad_accum % processes:
         raise ValueError(f"recipe.grad_accum {recipe.grad_accum} is not divisible by {processes} processes: the "
                          f"global batch (batch_size x grad_accum) must split evenly")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     job = {"base_path": base_path, "examples": [e.to_dict() for e in examples], "seed": seed, "dtype": dtype,
-           "device": device, "out_dir": str(out_dir),
+           "device": device, "out_dir": str(out_dir), "strategy": strategy,
            "recipe": {**recipe.model_dump(mode="json"), "grad_accum": recipe.grad_accum // processes}}
     job_file = out_dir / "train_job.json"
     job_file.write_text(json.dumps(job))
@@ -232,19 +275,21 @@ def launch_finetune(processes: int, base_path: str, examples: list[Example], rec
     if r.returncode != 0:
         raise RuntimeError(f"training on {processes} processes failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
     report = json.loads((out_dir / "train_report.json").read_text())
-    return {**report, "processes": processes, "grad_accum_per_process": job["recipe"]["grad_accum"]}
+    return {**report, "processes": processes, "strategy": strategy,
+            "grad_accum_per_process": job["recipe"]["grad_accum"]}
 
 
 def main(argv: list[str]) -> int:
     """``[accelerate launch ...] python -m selbench.train JOB.json``: the job names base_path, examples (dicts with
-    ``id`` and ``messages``), recipe (a RecipeSpec as JSON), seed, out_dir, dtype and device."""
+    ``id`` and ``messages``), recipe (a RecipeSpec as JSON), seed, out_dir, dtype, device and strategy."""
     from .protocol import RecipeSpec
 
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     examples = [Example(id=e["id"], messages=tuple(e["messages"]), instruction=e.get("instruction", ""),
                         input=e.get("input", ""), output=e.get("output", "")) for e in job["examples"]]
     finetune(job["base_path"], examples, RecipeSpec.model_validate(job["recipe"]), job["seed"], job["out_dir"],
-             dtype=job.get("dtype", "float32"), device=job.get("device", "cpu"), progress=False)
+             dtype=job.get("dtype", "float32"), device=job.get("device", "cpu"), progress=False,
+             strategy=job.get("strategy", "ddp"))
     return 0
 
 
