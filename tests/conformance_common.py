@@ -187,3 +187,32 @@ def deita_inputs() -> dict[str, np.ndarray]:
     logits[1] = [-50, -50, -50, 30, -50, -50]
     logits[2] = [1e3, 0, 0, 0, 0, -1e3]
     return {"embeddings": emb, "complexity": complexity, "quality": quality, "logits": logits}
+
+
+# -- LESS: Adam-preconditioned gradients, TRAK projection, matching and top-k ----------------------------------------
+LESS_PARAMS = (("layer.lora_A.weight", (10, 20)), ("layer.lora_B.weight", (100,)))  # 300 "LoRA" parameters
+LESS_N_TRAIN, LESS_SUBTASKS, LESS_PER_SUBTASK = 40, 9, 2  # matching.py's N_SUBTASKS["tydiqa"] = 9
+LESS_DIM = 160  # two projector blocks of LESS's block_size 128, the second one partial
+LESS_CKPT_WEIGHTS = (1.6877e-5, 1.2859e-5, 7.7030e-6)  # LESS README's average learning rates of its first epochs
+LESS_BUDGETS = (5, 10, 20)
+LESS_FEATURE_ROWS = (4, 2)  # the fixture records the first checkpoint's first 4 training and 2 target features
+
+
+def less_inputs() -> list[dict[str, np.ndarray]]:
+    """Per checkpoint: per-example training gradients [40, 300], AdamW moments exp_avg / exp_avg_sq [300] and
+    target gradients [18, 300] (9 subtasks x 2, grouped), float32, at LoRA-like scales (moments from a few
+    hundred steps of gradients of the same scale; a few training rows are scaled copies of target rows, so the top
+    of the ranking is well separated)."""
+    rs = np.random.RandomState(11)
+    d = sum(int(np.prod(s)) for _, s in LESS_PARAMS)
+    scale = np.exp(rs.uniform(np.log(1e-4), np.log(1e-2), size=d))  # per-parameter gradient scale
+    out = []
+    for _ in LESS_CKPT_WEIGHTS:
+        target = rs.standard_normal((LESS_SUBTASKS * LESS_PER_SUBTASK, d)) * scale
+        train = rs.standard_normal((LESS_N_TRAIN, d)) * scale
+        train[:6] += rs.uniform(0.5, 3.0, size=(6, 1)) * target[rs.choice(len(target), 6, replace=False)]
+        exp_avg = 0.3 * rs.standard_normal(d) * scale
+        exp_avg_sq = (rs.uniform(0.5, 1.5, size=d) * scale) ** 2
+        out.append({"train": train.astype(np.float32), "target": target.astype(np.float32),
+                    "exp_avg": exp_avg.astype(np.float32), "exp_avg_sq": exp_avg_sq.astype(np.float32)})
+    return out

@@ -1,10 +1,10 @@
 """Conformance: our implementations against numbers produced by the reference repositories' own code.
 
 The fixtures in tests/fixtures/conformance/ were produced by build_fixtures.py there, which runs the upstream code
-(Cherry_LLM, MoDS, p-lambda/dsir, Superfiltering, FastChat) from checkouts outside this project on the inputs of
-tests/conformance_common.py; its README says how. Tolerances: per-token and mean losses 1e-4, IFD 1e-5, DSIR
-log-weights 1e-6, win scores and rates 1e-12 (counts exact); selections must be identical, where the fixture's
-margins make that meaningful (asserted, not assumed).
+(Cherry_LLM, MoDS, p-lambda/dsir, Superfiltering, FastChat, deita, LESS) from checkouts outside this project on the
+inputs of tests/conformance_common.py; its README says how. Tolerances: per-token and mean losses 1e-4, IFD 1e-5,
+DSIR log-weights 1e-6, LESS features and influence scores 1e-6, win scores and rates 1e-12 (counts exact);
+selections must be identical, where the fixture's margins make that meaningful (asserted, not assumed).
 """
 
 from __future__ import annotations
@@ -217,3 +217,41 @@ def test_deita_repr_filter_and_expected_score_match_deita():
         assert n_filter == len(ref) and picks[:n_filter] == ref  # the same examples, in the same order
         assert len(picks) == int(budget)  # where the filter ran out (120), ours fills the budget by score
     assert np.allclose(expected_score(x["logits"]), fx["expected_scores"], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ LESS (princeton-nlp/LESS)
+def test_less_features_and_matching_match_less():
+    """LESS's collect_grads (Adam preconditioning, float16 + TRAK BasicProjector seed 0 block 128, normalisation),
+    matching.py (lr-weighted checkpoints, mean within subtask, max over 9 subtasks) and write_selected_data.py's
+    top-k, run on C.less_inputs() (fixture less.json)."""
+    import torch
+
+    from selbench.grads import adam_precondition, normalise, project
+    from selbench.methods.less import less_scores
+
+    fx = fixture("less.json")
+    train, target = [], []
+    for x in C.less_inputs():
+        g = adam_precondition(torch.from_numpy(x["train"]), torch.from_numpy(x["exp_avg"]),
+                              torch.from_numpy(x["exp_avg_sq"]))
+        train.append(normalise(project(g, fx["dim"], seed=0)).numpy())
+        target.append(normalise(project(torch.from_numpy(x["target"]), fx["dim"], seed=0)).numpy())
+    n_train, n_target = C.LESS_FEATURE_ROWS
+    np.testing.assert_allclose(train[0][:n_train], fx["features"]["train"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(target[0][:n_target], fx["features"]["target"], rtol=0, atol=1e-6)
+    subtasks = [f"subtask{j // C.LESS_PER_SUBTASK}" for j in range(C.LESS_SUBTASKS * C.LESS_PER_SUBTASK)]
+    scores = less_scores(train, target, fx["checkpoint_weights"], subtasks)
+    np.testing.assert_allclose(scores, fx["scores"], rtol=0, atol=1e-6)
+    desc = np.sort(scores)[::-1]
+    for budget, ref in fx["selections"].items():
+        k = int(budget)
+        assert desc[k - 1] - desc[k] > 1e-4  # a separated top-k: an exact comparison is fair
+        assert sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k] == ref  # same examples, same order
+    # the fixture tells the rules apart: eps outside the square root, or the plain mean over all target rows
+    g = torch.from_numpy(C.less_inputs()[0]["train"][:n_train])
+    m, v = (torch.from_numpy(C.less_inputs()[0][k]) for k in ("exp_avg", "exp_avg_sq"))
+    eps_out = (0.9 * m + 0.1 * g) / ((0.999 * v + 0.001 * g ** 2).sqrt() + 1e-8)
+    assert np.abs(normalise(project(eps_out, fx["dim"])).numpy() - fx["features"]["train"]).max() > 1e-3
+    plain = sum(w * (t @ u.T) for w, t, u in zip(np.array(fx["checkpoint_weights"]) / sum(fx["checkpoint_weights"]),
+                                                 train, target)).mean(axis=1)
+    assert np.abs(plain - np.array(fx["scores"])).max() > 1e-3
