@@ -100,6 +100,8 @@ class EvaluatorSpec:
     # preflight(spec, ctx) -> one-line summary: loads the data files the evaluator will read, raising
     # FileNotFoundError/ValueError naming what is missing; `selbench check` runs it before any work
     preflight: Callable[[Any, "EvalContext"], str] | None = None
+    # generates text with the protocol's engine (judged evaluators always do): a vLLM result is cached apart
+    generates: bool = False
 
     def validate(self, section: Any, where: str) -> None:
         if self.settings is None:
@@ -123,10 +125,10 @@ _LOADED = False
 
 def register_evaluator(name: str, *, needs_judge: bool = False, needs_baselines: tuple[str, ...] = (),
                        version: str = "1", settings: Any = None, headline: tuple[str, ...] = (),
-                       preflight: Callable[[Any, EvalContext], str] | None = None):
+                       preflight: Callable[[Any, EvalContext], str] | None = None, generates: bool = False):
     def deco(fn):
         EVALUATORS[name] = EvaluatorSpec(name, fn, needs_judge, tuple(needs_baselines), version, settings,
-                                         tuple(headline), preflight)
+                                         tuple(headline), preflight, generates or needs_judge)
         return fn
 
     return deco
@@ -173,7 +175,9 @@ def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
     from .vllm_engine import engine_device, engine_setting, resolve_engine
 
     judged = evaluator.needs_judge
-    engine = resolve_engine(engine_setting(ctx.protocol)) if judged else None  # the others score on the CPU
+    engine = resolve_engine(engine_setting(ctx.protocol)) if evaluator.generates else None
+    if not judged and engine == "transformers":
+        engine = None  # keys of results computed before an evaluator could generate on vLLM stay valid
     inputs = {"evaluator": evaluator.name, "version": evaluator.version, "model": model.identity, "spec": spec,
               "judge": ctx.protocol.judge.identity() if judged else None,
               "baselines": {k: v.identity for k, v in sorted(ctx.baselines.items())}}
@@ -187,5 +191,5 @@ def evaluate_cached(evaluator: EvaluatorSpec, model: ModelUnderTest, spec: Any,
         return result.to_json()
 
     art = ctx.cache.get_or_compute(f"eval/{evaluator.name}", inputs, run, engine=engine,
-                                   device=engine_device(engine, model.device) if judged else model.device)
+                                   device=engine_device(engine, model.device) if engine else model.device)
     return (computed[0] if computed else EvalResult.from_json(art.value)), art.hit

@@ -109,13 +109,13 @@ def _hf_generate(model, convs: list[list[str]], dec: Decoding, desc: str) -> lis
 
 def _vllm_generate(model, convs: list[list[str]], dec: Decoding, desc: str, engine=None,
                    cache_root=None) -> list[list[str]]:
-    """``engine``: a started :class:`~.vllm_engine.VllmEngine` on ``model.base_path`` to use (else one is started
-    for this call and released after it)."""
+    """``engine``: a started :class:`~.vllm_engine.VllmEngine` on ``model.base_path`` to use (else the refresh's
+    shared engine, or one started for this call and released after it: :func:`~.vllm_engine.acquire`)."""
     from vllm import SamplingParams
 
     from .formatting import encode, render
     from .models import load_tokenizer
-    from .vllm_engine import VllmEngine, lora_rank, model_max_len
+    from .vllm_engine import acquire, model_max_len
 
     tok = load_tokenizer(model.base_path, model.chat_template)
     max_prompt = _prompt_limit(dec, model_max_len(model.base_path))
@@ -124,10 +124,8 @@ def _vllm_generate(model, convs: list[list[str]], dec: Decoding, desc: str, engi
     answers: list[list[str]] = [[] for _ in convs]
     with contextlib.ExitStack() as stack:
         if engine is None:
-            engine = stack.enter_context(VllmEngine(
-                model.base_path, model.dtype, max_model_len=max_prompt + dec.max_new_tokens,
-                max_lora_rank=lora_rank(model.adapter) if model.adapter else None, cache_root=cache_root,
-                seed=dec.seed))
+            engine = stack.enter_context(acquire(model.base_path, model.dtype, max_prompt + dec.max_new_tokens,
+                                                 model.adapter, cache_root=cache_root, seed=dec.seed))
         for k in range(max(map(len, convs), default=0)):
             todo = [i for i, c in enumerate(convs) if len(c) > k]
             prompts = [encode(tok, render(tok, _turn_messages(convs[i], answers[i], k), add_generation_prompt=True))

@@ -14,6 +14,7 @@ from typing import Any
 from .evaluate import EvalContext, EvalResult, Metric, ModelUnderTest, register_evaluator
 from .paths import scoped_environ
 from .protocol import LmEvalSpec
+from .vllm_engine import engine_setting, resolve_engine
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def check_data(spec: Any, ctx: EvalContext) -> str:
     return f"{len(spec.tasks)} tasks, {n_docs} local documents"
 
 
-@register_evaluator("lm_eval", version="2", settings=LmEvalSpec, preflight=check_data)
+@register_evaluator("lm_eval", version="2", settings=LmEvalSpec, preflight=check_data, generates=True)
 def run_lm_eval(model: ModelUnderTest, spec: dict[str, Any], ctx: EvalContext) -> EvalResult:
     from lm_eval import simple_evaluate
 
@@ -128,14 +129,22 @@ def run_lm_eval(model: ModelUnderTest, spec: dict[str, Any], ctx: EvalContext) -
     if ctx.data_dir is not None:
         env["SELBENCH_DATA_DIR"] = str(ctx.data_dir)
     gen_kwargs = f"max_gen_toks={spec.max_gen_toks}" if spec.max_gen_toks else None
+    engine = resolve_engine(engine_setting(ctx.protocol))
     with scoped_environ(env):
+        lm = "hf"
+        if engine == "vllm":  # generation tasks decode on vLLM; log-likelihoods stay on transformers
+            from .lm_eval_vllm import HFLMWithVllmGeneration
+
+            lm = HFLMWithVllmGeneration(base_path=model.base_path, adapter=model.adapter, dtype=model.dtype,
+                                        device=model.device, batch_size=spec.batch_size,
+                                        cache_root=ctx.cache.root if ctx.cache else None, seed=ctx.seed)
         results = simple_evaluate(
-            model="hf", model_args=model_args, tasks=list(spec.tasks), num_fewshot=spec.num_fewshot,
+            model=lm, model_args=model_args if lm == "hf" else None, tasks=list(spec.tasks), num_fewshot=spec.num_fewshot,
             batch_size=spec.batch_size, limit=spec.limit, task_manager=task_manager(spec.tasks),
             bootstrap_iters=spec.bootstrap_iters, apply_chat_template=spec.apply_chat_template,
             gen_kwargs=gen_kwargs, log_samples=True, random_seed=ctx.seed, numpy_random_seed=ctx.seed,
             torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed)
     n = {t: v.get("effective") for t, v in results.get("n-samples", {}).items()}
     return EvalResult(metrics_from_results(results), details=sample_rows(results),
-                      info={"n_samples": n, "lm_eval_version": results.get("lm_eval_version"),
+                      info={"n_samples": n, "generation_engine": engine, "lm_eval_version": results.get("lm_eval_version"),
                             "versions": results.get("versions", {})})

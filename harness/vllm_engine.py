@@ -108,7 +108,9 @@ def engine_env(cache_root: Path, tmp: Path) -> dict[str, str]:
     """vLLM's environment on top of the caller's: caches under the selbench cache, socket files in ``tmp``."""
     env = {"VLLM_CACHE_ROOT": str(cache_root / "vllm"), "TMPDIR": str(tmp), "VLLM_RPC_BASE_PATH": str(tmp),
            "VLLM_NO_USAGE_STATS": "1",
-           "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+           "VLLM_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           # vLLM's INFO lines (config dumps, ~60 per start) drown the refresh's progress; a user's setting wins
+           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     # GiB of KV cache on CPU; 2 holds ~45k tokens of SmolLM2-135M in fp32. A user's own setting wins.
     env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
     return env
@@ -192,3 +194,66 @@ class VllmEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SharedEngines:
+    """Generation engines kept for a whole refresh: one per (base model, dtype), LoRA enabled, each cell's adapter
+    applied per request. A vLLM start costs ~40 s on CPU, more than a demo cell's generation itself; a refresh
+    enters :func:`shared_engines` once and every :func:`acquire` inside it reuses the started engine (it is
+    restarted only when a call needs a longer context or a higher LoRA rank)."""
+
+    def __init__(self, cache_root: str | Path | None):
+        self.cache_root = cache_root
+        self.engines: dict[tuple[str, str], VllmEngine] = {}
+        self.ranks: dict[tuple[str, str], int] = {}
+
+    def get(self, model_path: str, dtype: str, max_model_len: int, rank: int | None, seed: int) -> VllmEngine:
+        key = (str(model_path), dtype)
+        eng = self.engines.get(key)
+        want_rank = max(rank or 0, self.ranks.get(key, 0), LORA_RANKS[0])
+        if eng is not None and (eng.max_model_len < max_model_len or self.ranks[key] < want_rank):
+            log.info("restarting the shared vLLM engine (context %d -> %d, LoRA rank %d -> %d)",
+                     eng.max_model_len, max_model_len, self.ranks[key], want_rank)
+            eng.close()
+            eng = None
+        if eng is None:
+            # room for every call of a refresh up front: prompts are cut to 2048 tokens by default
+            limit = model_max_len(model_path) or max_model_len
+            length = max(max_model_len, min(limit, 4096))
+            eng = VllmEngine(model_path, dtype, max_model_len=length, max_lora_rank=want_rank,
+                             cache_root=self.cache_root, seed=seed)
+            self.engines[key], self.ranks[key] = eng, want_rank
+        return eng
+
+    def close(self) -> None:
+        while self.engines:
+            self.engines.popitem()[1].close()
+
+
+_SHARED: SharedEngines | None = None
+
+
+@contextlib.contextmanager
+def shared_engines(cache_root: str | Path | None):
+    """Within this block :func:`acquire` keeps its engines started; they are shut down when the block exits."""
+    global _SHARED
+    outer, _SHARED = _SHARED, (_SHARED or SharedEngines(cache_root))
+    try:
+        yield _SHARED
+    finally:
+        if outer is None:
+            _SHARED.close()
+        _SHARED = outer
+
+
+@contextlib.contextmanager
+def acquire(model_path: str, dtype: str, max_model_len: int, adapter: str | None, cache_root=None, seed: int = 0):
+    """A generation engine for ``model_path`` (LoRA-capable when ``adapter`` is given): the refresh's shared one
+    inside :func:`shared_engines`, else one started for this call and closed after it."""
+    rank = lora_rank(adapter) if adapter else None
+    if _SHARED is not None:
+        yield _SHARED.get(model_path, dtype, max_model_len, rank, seed)
+        return
+    with VllmEngine(model_path, dtype, max_model_len=max_model_len, max_lora_rank=rank, cache_root=cache_root,
+                    seed=seed) as eng:
+        yield eng

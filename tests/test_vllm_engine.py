@@ -124,6 +124,56 @@ def test_generation_cache_key_names_the_engine(smollm2_dir, lora_engine, tmp_pat
     assert stored == ["transformers", "vllm"] and a == b
 
 
+def test_a_refresh_shares_one_generation_engine(hf_answers, models, lora_engine, vllm_cache, monkeypatch):
+    """Inside ``shared_engines`` the base model and an adapter are generated on one started engine (LoRA per
+    request), with the same answers as transformers; the engine is closed when the block ends, not before."""
+    starts, closes = [], []
+
+    class Started:  # the module's started LoRA engine, standing in for a fresh start
+        def __init__(self, path, dtype, max_model_len, max_lora_rank, cache_root, seed):
+            starts.append((max_model_len, max_lora_rank))
+            self.max_model_len = max_model_len
+
+        def generate_ids(self, *a, **k):
+            return lora_engine.generate_ids(*a, **k)
+
+        def close(self):
+            closes.append(1)
+
+    monkeypatch.setattr(vllm_engine, "VllmEngine", Started)
+    with vllm_engine.shared_engines(vllm_cache):
+        got = [_vllm_generate(m, CONVS, DEC, "vllm") for m in (*models, models[0])]
+        assert not closes
+    assert got == [hf_answers[0], hf_answers[1], hf_answers[0]]
+    assert len(starts) == 1 and starts[0][1] == 8 and starts[0][0] >= 2048 + DEC.max_new_tokens
+    assert closes == [1]
+
+
+def test_lm_eval_generation_tasks_on_vllm_equal_transformers(models, lora_engine, data_dir, tmp_path, monkeypatch):
+    """lm-eval's generate_until requests (IFEval, GSM8K) answered by vLLM with the adapter per request give the same
+    responses and scores as lm-eval's own ``hf`` model; log-likelihood tasks are untouched."""
+    from types import SimpleNamespace
+
+    from selbench.evaluate import EvalContext
+    from selbench.lm_eval_runner import run_lm_eval
+
+    spec = {"tasks": ["ifeval_local", "gsm8k_local"], "limit": 3, "max_gen_toks": 24, "batch_size": 3,
+            "bootstrap_iters": 0}
+    runs = {}
+    for engine in ("transformers", "vllm"):
+        monkeypatch.setenv("SELBENCH_ENGINE", engine)
+        ctx = EvalContext(protocol=SimpleNamespace(engine=engine), cache=ArtifactCache(tmp_path), data_dir=data_dir)
+        if engine == "vllm":
+            _share(monkeypatch, lora_engine)
+        runs[engine] = run_lm_eval(models[1], spec, ctx)
+    hf, vl = runs["transformers"], runs["vllm"]
+    assert hf.info["generation_engine"] == "transformers" and vl.info["generation_engine"] == "vllm"
+    responses = [{r["item"]: r["response"] for r in run.details} for run in (hf, vl)]
+    assert len(responses[0]) == 6 and any(responses[0].values())
+    assert responses[0] == responses[1]
+    assert {k: m.value for k, m in hf.metrics.items()} == {k: m.value for k, m in vl.metrics.items()}
+
+
 def test_close_releases_the_engine_processes(lora_engine):
     started = lora_engine.test_processes
     assert started, "the engine core should run in child processes"
