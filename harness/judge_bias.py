@@ -16,8 +16,9 @@ current cells (every row, budget and seed):
   AlpacaEval: the ``position_check`` sample re-asked in the swapped order). Wilson intervals.
 - **agreement between two judges**: :func:`judge_agreement` on two sets of per-item verdicts (Cohen's kappa for
   categorical verdicts, Spearman for ratings), and :func:`board_verdicts` to pair two boards' verdicts (the same
-  board judged by two judges: the answers are the same, so items are paired on them). A protocol names one judge;
-  a second judge is not wired into the protocol or the leaderboard.
+  board judged by two judges: the answers are the same, so items are paired on them). When the protocol names a
+  ``second_judge``, every judged item is judged again by it (side files ``<seed>.<evaluator>.judge2.jsonl``) and
+  each metric's line gives the two judges' agreement on the same answers.
 
 The same items recur in every cell, so the pooled observations are not independent and the intervals are
 somewhat narrow; read them as diagnostics of the judge, not as tests.
@@ -202,10 +203,12 @@ LENGTH_WHAT = {"mt_bench": "rating vs answer length",
 FLIP_WHAT = {"alpaca_eval": "swapped-order re-ask", "pairwise": "the two orders disagree"}
 
 
-def _side_rows(path: Path, rec: dict, evaluator: str):
+def _side_rows(path: Path, rec: dict, evaluator: str, second: bool = False):
     import json
 
-    name = (rec.get("side_files") or {}).get(evaluator)
+    from .record import SECOND_JUDGE
+
+    name = (rec.get("side_files") or {}).get(f"{evaluator}.{SECOND_JUDGE}" if second else evaluator)
     side = path.with_name(name) if name else None
     if side is None or not side.is_file():
         return
@@ -214,13 +217,13 @@ def _side_rows(path: Path, rec: dict, evaluator: str):
             yield json.loads(line)
 
 
-def board_verdicts(records: list[tuple[Path, dict]], evaluator: str) -> dict[tuple, Any]:
-    """Every parsed verdict of ``evaluator`` on the board, keyed by (metric, row, budget, seed, item, hash of the
-    judged answer): two boards that differ only in their judge judge the same answers, so their keys pair up
+def board_verdicts(records: list[tuple[Path, dict]], evaluator: str, second: bool = False) -> dict[tuple, Any]:
+    """Every parsed verdict of ``evaluator`` on the board (``second``: the protocol's second judge's), keyed by
+    (metric, row, budget, seed, item, hash of the judged answer): two judges of the same answers pair up
     (:func:`judge_agreement`)."""
     out = {}
     for path, rec in records:
-        for row in _side_rows(path, rec, evaluator):
+        for row in _side_rows(path, rec, evaluator, second):
             for metric, o in EXTRACTORS[evaluator](row):
                 if o.raw is not None:
                     answer = hashlib.sha256(o.answer.encode()).hexdigest()[:16]
@@ -251,6 +254,8 @@ class JudgeBias:
     first_wins: Estimate | None = None
     flips: Estimate | None = None
     win_rates: tuple[float, float, str, int] | None = None  # AlpacaEval: mean win rate, mean LC, LC column, cells
+    agreement: Estimate | None = None  # with the protocol's second judge, on the items both parsed
+    second_judged: int = 0  # items the second judge judged (0: no second judge)
 
     @property
     def evaluator(self) -> str:
@@ -274,6 +279,11 @@ class JudgeBias:
                 parts.append(f"flip rate {self.flips.text()} of {self.flips.n} ({FLIP_WHAT[self.evaluator]})")
             elif self.evaluator == "alpaca_eval":
                 parts.append("flip rate not measured (`position_check: 0`)")
+        if self.second_judged:
+            what = "Spearman ρ" if AGREEMENT_KIND[self.evaluator] == "rating" else "Cohen's κ"
+            parts.append(f"agreement with the second judge {what} {self.agreement.text(signed=True)} "
+                         f"(n={self.agreement.n})" if self.agreement else
+                         f"agreement with the second judge n/a ({self.second_judged} judged, too few both parsed)")
         return head + "; ".join(parts) + f"; {tail}"
 
     def rows(self) -> list[dict[str, Any]]:
@@ -281,11 +291,13 @@ class JudgeBias:
         base = {"metric": self.metric, "cells": self.cells, "judged": self.judged, "parsed": self.parsed}
         out = [{**base, "statistic": "parsed_share", "value": self.parsed / self.judged if self.judged else None,
                 "n": self.judged, "note": "judged items with a parsed verdict"}]
+        notes = {"length_spearman": LENGTH_WHAT[self.evaluator], "second_judge_agreement":
+                 f"{'Spearman' if AGREEMENT_KIND[self.evaluator] == 'rating' else 'Cohen kappa'} with the second judge"}
         for stat, e in (("length_spearman", self.length), ("first_position_win_share", self.first_wins),
-                        ("position_flip_rate", self.flips)):
+                        ("position_flip_rate", self.flips), ("second_judge_agreement", self.agreement)):
             if e is not None:
-                out.append({**base, "statistic": stat, **asdict(e), "note": LENGTH_WHAT[self.evaluator]
-                            if stat == "length_spearman" else FLIP_WHAT.get(self.evaluator, "")})
+                out.append({**base, "statistic": stat, **asdict(e),
+                            "note": notes.get(stat, FLIP_WHAT.get(self.evaluator, ""))})
         if self.win_rates:
             wr, lc, name, n = self.win_rates
             out += [{**base, "statistic": "win_rate_mean", "value": wr, "n": n, "note": "win_rate"},
@@ -328,6 +340,14 @@ def board_judge_bias(records: list[tuple[Path, dict]]) -> list[JudgeBias]:
                 for metric, o in extract(row):
                     pools[metric].cells.add(i)
                     pools[metric].obs.append(o)
+    second: dict[str, int] = defaultdict(int)  # metric -> items the second judge judged
+    for path, rec in records:
+        for evaluator, extract in EXTRACTORS.items():
+            for row in _side_rows(path, rec, evaluator, second=True):
+                for metric, _ in extract(row):
+                    second[metric] += 1
+    verdicts = {ev: (board_verdicts(records, ev), board_verdicts(records, ev, second=True))
+                for ev in {m.split("/", 1)[0] for m in second}}
     order = list(EXTRACTORS)
     out = []
     for metric in sorted(pools, key=lambda m: (order.index(m.split("/", 1)[0]), m)):
@@ -340,6 +360,12 @@ def board_judge_bias(records: list[tuple[Path, dict]]) -> list[JudgeBias]:
                       first_wins=proportion(sum(firsts), len(firsts)), flips=proportion(sum(flips), len(flips)))
         if metric.startswith("alpaca_eval/"):
             b.win_rates = _win_rates(records)
+        if second.get(metric):
+            ev = metric.split("/", 1)[0]
+            b.second_judged = second[metric]
+            b.agreement = judge_agreement({k: v for k, v in verdicts[ev][0].items() if k[0] == metric},
+                                          {k: v for k, v in verdicts[ev][1].items() if k[0] == metric},
+                                          AGREEMENT_KIND[ev])
         out.append(b)
     return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Iterable
 
@@ -26,11 +26,11 @@ from .leaderboard import build_leaderboard
 from .models import BaseModelHandle, resolve_base_model
 from .paths import Workspace, portable_path
 from .protocol import MethodEntry, Protocol, load_protocol
-from .record import BASE_ROW, is_current, package_versions, record_path, write_record
+from .record import BASE_ROW, SECOND_JUDGE, is_current, package_versions, record_path, write_record
 from .select import SelectionContext, cached_selection, file_fingerprints, selection_inputs
 from .tracking import details_table, log_cell, log_leaderboard
 from .device import device_setting, resolve_device, resolve_dtype
-from .train import finetune, launch_finetune, train_processes
+from .train import finetune, launch_finetune, train_processes, train_strategy
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -79,7 +79,7 @@ class Board:
                 f"{self.ws.protocol_path(self.name)}: methods[{i}] ({m.row})"
             registry.validate_params(registry.get_method(m.name), m.params, where)
         self._judge_stack = contextlib.ExitStack()
-        self._judge = None
+        self._judge = self._second_judge = None
 
     @cached_property
     def pool(self) -> Pool:
@@ -146,9 +146,17 @@ class Board:
             self._judge = self._judge_stack.enter_context(open_judge(self.protocol.judge, self.cache, self.device))
         return self._judge
 
+    def second_judge(self):
+        if self._second_judge is None:
+            from .judge import open_judge
+
+            self._second_judge = self._judge_stack.enter_context(open_judge(self.protocol.second_judge, self.cache,
+                                                                            self.device))
+        return self._second_judge
+
     def close(self) -> None:
         self._judge_stack.close()
-        self._judge = None
+        self._judge = self._second_judge = None
 
     # -- stages -------------------------------------------------------------------------------------------------
     def select(self, cell: Cell):
@@ -162,11 +170,13 @@ class Board:
 
     def train(self, selection, seed: int) -> tuple[ModelUnderTest, dict[str, Any]]:
         recipe = self.protocol.recipe
-        inputs = {"base": self.base.identity, "recipe": recipe.model_dump(mode="json"), "selection": selection.hash,
+        inputs = {"base": self.base.identity, "recipe": recipe.identity(), "selection": selection.hash,
                   "seed": seed, "dtype": self.dtype}
         procs = train_processes()
         if procs > 1:  # the same global batch; only dropout masks differ from a 1-process run
             inputs["processes"] = procs
+            if train_strategy() != "ddp":  # FSDP keeps float32 master weights under a bfloat16 run
+                inputs["strategy"] = train_strategy()
 
         def train(tmp):
             examples = selection.training_examples(self.pool)
@@ -229,7 +239,24 @@ class Board:
             tables.update({f"{name}/{k}": v for k, v in result.tables.items()})
             if ev.needs_judge and result.details:
                 tables[f"{name}/judgments"] = details_table(result.details)
+            if ev.needs_judge and self.protocol.second_judge is not None:
+                summary[name]["second_judge"], details[f"{name}.{SECOND_JUDGE}"] = \
+                    self.evaluate_by_second_judge(ev, model, spec, ctx)
         return metrics, summary, details, tables
+
+    def evaluate_by_second_judge(self, ev, model: ModelUnderTest, spec, ctx: EvalContext) -> tuple[dict, list]:
+        """The same evaluation judged by the protocol's ``second_judge``: the answers come from the generation
+        cache, so only judgments are new. Its per-item verdicts feed the agreement diagnostic (judge_bias); their
+        ``scores`` are dropped, so paired comparisons and the board's metrics stay the first judge's."""
+        second = self.protocol.second_judge
+        ctx2 = replace(ctx, protocol=self.protocol.model_copy(update={"judge": second}),
+                       judge_provider=self.second_judge)
+        t0 = time.perf_counter()
+        result, cached = evaluate_cached(ev, model, spec, ctx2)
+        info = {"judge": second.identity(), "metrics": {k: metric_json(m) for k, m in result.metrics.items()},
+                "counts": result.counts, "cached": cached,
+                "wall_s": result.info.get("wall_s", round(time.perf_counter() - t0, 2))}
+        return info, [{k: v for k, v in row.items() if k != "scores"} for row in result.details]
 
     # -- cells --------------------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, force: bool = False) -> tuple[str, dict[str, Any] | None]:
@@ -335,6 +362,7 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
     """Run every cell of the board that has no current record (on the ``local`` or ``ray`` executor, see
     :mod:`selbench.executors`), then regenerate its leaderboard."""
     from .executors import EXECUTORS, run_local, run_ray
+    from .vllm_engine import shared_engines
 
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
@@ -363,7 +391,8 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
             jobs = [(BASE_ROW, lambda: board.run_base(force and not rows))] if include_base else []
             jobs += [(str(cell), lambda cell=cell: board.run_cell(cell, force))  # the pool loads and validates
                      for cell in board.cells(rows)]                             # here, before any expensive work
-            run_local(jobs, on_result)
+            with shared_engines(board.cache.root):  # one vLLM generation engine for all cells, started on first use
+                run_local(jobs, on_result)
     finally:
         board.close()
     summary.leaderboard = board.leaderboard()

@@ -87,6 +87,8 @@ def preflight(ws: Workspace, board: str, plugins: tuple[str, ...] = (), ad_hoc: 
     needs_judge = _check_evaluators(ws, protocol, path, rep)
     if needs_judge or any(getattr(specs.get(m.name), "uses_judge", False) for m in protocol.methods):
         _check_judge(protocol.judge, rep, check_endpoint)
+        if needs_judge and protocol.second_judge is not None:
+            _check_judge(protocol.second_judge, rep, check_endpoint, "second_judge")
     _check_wandb(protocol, rep)
     _check_disk(ws, protocol, rep)
     return rep
@@ -177,33 +179,33 @@ def _check_evaluators(ws: Workspace, protocol, path: Path, rep: PreflightReport)
     return needs_judge
 
 
-def _check_judge(spec, rep: PreflightReport, check_endpoint: bool) -> None:
+def _check_judge(spec, rep: PreflightReport, check_endpoint: bool, where: str = "judge") -> None:
     if spec.kind == "local":
         if not spec.model:
-            rep.add("judge", "kind: local needs judge.model", "name a model directory, .gguf file or pkg:// path")
+            rep.add(where, f"kind: local needs {where}.model", "name a model directory, .gguf file or pkg:// path")
             return
-        _check_model(spec.model, "judge.model", rep)
+        _check_model(spec.model, f"{where}.model", rep)
         module = {"vllm": "vllm", "llama_cpp": "llama_cpp", "transformers": "transformers"}[spec.server]
         if importlib.util.find_spec(module) is None:
-            rep.add("judge.server", f"{spec.server} is not installed", f"pip install {module}")
+            rep.add(f"{where}.server", f"{spec.server} is not installed", f"pip install {module}")
         else:
-            rep.checked.append(f"judge: local {spec.server} server on {spec.model} (started when first needed)")
+            rep.checked.append(f"{where}: local {spec.server} server on {spec.model} (started when first needed)")
         return
     if not spec.model:
-        rep.add("judge", "kind: openai needs judge.model", "name the judge model")
+        rep.add(where, f"kind: openai needs {where}.model", "name the judge model")
     base_url = spec.base_url or "https://api.openai.com/v1"
     loopback = (urlparse(base_url).hostname or "") in ("127.0.0.1", "localhost", "::1")
     key = os.environ.get(spec.api_key_env or "", "")
     if spec.api_key_env and not key and not loopback:
-        rep.add("judge.api_key_env", f"${spec.api_key_env} is not set", f"export {spec.api_key_env}=... (the key "
+        rep.add(f"{where}.api_key_env", f"${spec.api_key_env} is not set", f"export {spec.api_key_env}=... (the key "
                                                                         "is read from the environment only)")
         return
     if check_endpoint:
         problem = probe_endpoint(base_url, key, spec.api_key_env)
         if problem:
-            rep.add("judge.base_url", problem[0], problem[1])
+            rep.add(f"{where}.base_url", problem[0], problem[1])
             return
-    rep.checked.append(f"judge: {spec.model} at {base_url}" + ("" if check_endpoint else " (not probed)"))
+    rep.checked.append(f"{where}: {spec.model} at {base_url}" + ("" if check_endpoint else " (not probed)"))
 
 
 def probe_endpoint(base_url: str, key: str, key_env: str | None, timeout_s: float = 5.0) -> tuple[str, str] | None:

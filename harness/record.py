@@ -16,6 +16,7 @@ from .cache import atomic_write_json, atomic_write_text, read_json
 PACKAGES = ("selbench", "torch", "transformers", "peft", "lm_eval", "alpaca_eval", "openai", "wandb", "pandas",
             "datasets", "sentence-transformers")
 BASE_ROW = "base"
+SECOND_JUDGE = "judge2"  # side file <seed>.<evaluator>.judge2.jsonl: the protocol's second_judge's verdicts
 
 
 def package_versions() -> dict[str, str]:

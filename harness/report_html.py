@@ -265,14 +265,19 @@ def _estimate_trace(fig: go.Figure, rows: list[tuple[str, Any]], name: str, symb
 
 
 def judge_bias_figure(bias: list) -> go.Figure | None:
-    """Per judged metric: Spearman's rho of verdict and answer length (left), the share of first-shown wins and
-    the flip rate (right), with 95% intervals."""
-    if not bias or not any(b.length or b.first_wins or b.flips for b in bias):
+    """Per judged metric: Spearman's rho of verdict and answer length and, with a second judge, the two judges'
+    agreement (left), the share of first-shown wins and the flip rate (right), with 95% intervals."""
+    if not bias or not any(b.length or b.first_wins or b.flips or b.agreement for b in bias):
         return None
+    second = any(b.agreement for b in bias)
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=("length: Spearman ρ of verdict and answer length",
+                        subplot_titles=("length: Spearman ρ of verdict and answer length" +
+                                        ("; agreement with the second judge" if second else ""),
                                         "position: first-shown wins (0.5 = none), flip rate"))
     _estimate_trace(fig, [(b.metric, b.length) for b in bias], "length ρ", "circle", 1)
+    if second:
+        _estimate_trace(fig, [(b.metric, b.agreement) for b in bias], "second-judge agreement (κ or ρ)",
+                        "triangle-up", 1)
     _estimate_trace(fig, [(b.metric, b.first_wins) for b in bias], "first-shown wins", "square", 2)
     _estimate_trace(fig, [(b.metric, b.flips) for b in bias], "flip rate", "diamond", 2)
     fig.add_vline(x=0, line={"color": "#222", "dash": "dot", "width": 1}, row=1, col=1)

@@ -227,3 +227,43 @@ def test_judged_refresh_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     everything = "".join(p.read_text(errors="replace") for d in (ws.results, ws.root / ".cache", tmp_path / "cache")
                          for p in d.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".yaml", ".wandb"))
     assert "sk-test-not-to-be-stored" not in everything
+
+
+@pytest.mark.slow
+def test_second_judge_rejudges_the_same_answers(tmp_path, tiny_model_dir, monkeypatch):
+    """``second_judge`` in the protocol: every judged item is judged again by it on the same (cached) answers; the
+    board's metrics stay the first judge's, the record keeps the second's metrics and per-item verdicts, and the
+    leaderboard header gives their agreement."""
+    from fake_judge import FakeJudge
+
+    monkeypatch.setenv("SELBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    evaluation = {"mt_bench": {"question_ids": [81, 101, 111], "turns": [1, 2], "max_new_tokens": 6}}
+    with FakeJudge() as first, FakeJudge(garbage_if=("Hawaii",)) as second:
+        ws = make_workspace(tmp_path / "proj", tiny_model_dir, [{"name": "random"}], evaluation,
+                            {"kind": "openai", "model": "fake-judge", "base_url": first.base_url})
+        path = ws.leaderboards / "tiny" / "protocol.yaml"
+        protocol = yaml.safe_load(path.read_text())
+        hash_without = pipeline.Board(ws, "tiny").protocol.hash
+        protocol["second_judge"] = {"kind": "openai", "model": "fake-judge", "base_url": second.base_url,
+                                    "max_parse_retries": 0}
+        path.write_text(yaml.safe_dump(protocol))
+        assert pipeline.Board(ws, "tiny").protocol.hash != hash_without  # a second judge re-runs the cells
+        s = pipeline.refresh(ws, "tiny")
+        assert not s.failed, s.failed
+        n_first, n_second = len(first.requests), len(second.requests)
+        # 3 questions x 2 turns for the base row and the random cell, less judgments cached across the two (the
+        # tiny model may answer both alike): each judge is asked the same
+        assert n_first == n_second and 6 <= n_first <= 12
+    rec = read_json(ws.results / "tiny" / "random" / "8" / "seed0.json")
+    info = rec["evaluation"]["mt_bench"]["second_judge"]
+    assert info["judge"]["base_url"] == second.base_url and info["counts"]["errors"] == 2  # question 81's turns
+    assert rec["evaluation"]["mt_bench"]["counts"]["errors"] == 0  # the board's metric is the first judge's
+    rows1 = [json.loads(x) for x in (ws.results / "tiny" / "random" / "8" / "seed0.mt_bench.jsonl").open()]
+    rows2 = [json.loads(x) for x in (ws.results / "tiny" / "random" / "8" / "seed0.mt_bench.judge2.jsonl").open()]
+    assert [r["answer"] for r in rows1] == [r["answer"] for r in rows2]  # the same answers, judged twice
+    assert all("scores" not in r for r in rows2) and sum(r["score"] is None for r in rows2) == 2
+    md = (ws.leaderboards / "tiny" / "LEADERBOARD.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- `mt_bench/score`"))
+    # the two fake judges rate alike wherever both parse: rank agreement 1 on the 4 items per cell both parsed
+    assert "agreement with the second judge Spearman ρ +1.00" in line and "(n=8)" in line, line
+    assert "second-judge agreement" in (ws.leaderboards / "tiny" / "leaderboard.html").read_text()

@@ -180,6 +180,34 @@ def test_board_agreement_pairs_the_same_answers(tmp_path):
     assert k.n == 59 and 0.5 < k.value < 1
 
 
+def test_second_judge_agreement_on_the_board(tmp_path):
+    """A protocol's second judge re-judges the same answers (side files ``<evaluator>.judge2``): each judged
+    metric's line and judge_bias.csv give the two judges' agreement on the items both parsed."""
+    rng = np.random.default_rng(7)
+    recs = []
+    for seed in (0, 1):
+        rows = pairwise_rows(40, 0.2, rng)
+        other = [dict(r) for r in rows]
+        for r in other[:8]:  # the second judge disagrees on 8 of 40 comparisons per cell
+            r["outcome"] = {"win": "lose", "lose": "tie", "tie": "win"}[r["outcome"]]
+        ratings = mt_bench_rows(30, 0.3, rng)
+        unparsed = [{**r, "score": None, "error": "parse"} for r in ratings]  # a second judge that never parses
+        recs.append(cell(tmp_path, "ifd", seed, {"pairwise": rows, "pairwise.judge2": other, "mt_bench": ratings,
+                                                 "mt_bench.judge2": unparsed}))
+    bias = {b.metric: b for b in board_judge_bias(recs)}
+    k = bias["pairwise/ws_vs_full"].agreement
+    assert bias["pairwise/ws_vs_full"].second_judged == 80 and k.n == 80 and 0.5 < k.value < 0.9
+    assert bias["pairwise/ws_vs_full"].parsed == 80  # the board's own verdicts are the first judge's only
+    assert "agreement with the second judge Cohen's κ +" in bias["pairwise/ws_vs_full"].sentence()
+    assert bias["mt_bench/score"].agreement is None and bias["mt_bench/score"].second_judged == 60
+    assert "agreement with the second judge n/a (60 judged" in bias["mt_bench/score"].sentence()
+    stats = {r["statistic"] for r in bias["pairwise/ws_vs_full"].rows()}
+    assert "second_judge_agreement" in stats
+    # without a second judge nothing is said about agreement
+    plain = board_judge_bias([cell(tmp_path / "plain", "ifd", 0, {"pairwise": pairwise_rows(10, 0.2, rng)})])
+    assert plain[0].second_judged == 0 and "second judge" not in plain[0].sentence()
+
+
 # -- leaderboard, csv, page -----------------------------------------------------------------------------------------
 
 def make_board(tmp_path):

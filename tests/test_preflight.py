@@ -30,7 +30,7 @@ def test_demo_board_passes(tmp_path):
     rep = preflight(demo_copy(tmp_path), "demo")
     assert rep.ok, rep.problems
     text = "\n".join(rep.checked)
-    for part in ("pool: 120 rows", "evaluation.lm_eval: 6 tasks", "evaluation.mt_bench: 3 questions",
+    for part in ("pool: 120 rows", "evaluation.lm_eval: 9 tasks", "evaluation.mt_bench: 3 questions",
                  "evaluation.alpaca_eval: 4 instructions", "evaluation.pairwise: 5 prompts", "judge: local", "disk:"):
         assert part in text
 
@@ -39,10 +39,13 @@ def test_missing_key_bad_parameter_and_missing_data_are_all_listed(tmp_path, mon
     def edit(p):
         p["judge"] = {"kind": "openai", "model": "gpt-4o", "base_url": "https://judge.example.invalid/v1",
                       "api_key_env": "SELBENCH_TEST_UNSET_KEY"}
+        p["second_judge"] = {"kind": "openai", "model": "gpt-4o-mini", "base_url": "https://j2.example.invalid/v1",
+                             "api_key_env": "SELBENCH_TEST_UNSET_KEY2"}
         p["methods"].append({"name": "perplexity", "label": "ppl2", "params": {"variant": 3}})
         p["methods"].append({"name": "random", "label": "random2", "params": {"temperature": 1}})
 
     monkeypatch.delenv("SELBENCH_TEST_UNSET_KEY", raising=False)
+    monkeypatch.delenv("SELBENCH_TEST_UNSET_KEY2", raising=False)
     empty = tmp_path / "no-data"
     empty.mkdir()
     monkeypatch.setenv("SELBENCH_DATA_DIR", str(empty))
@@ -50,6 +53,7 @@ def test_missing_key_bad_parameter_and_missing_data_are_all_listed(tmp_path, mon
     problems = [str(p) for p in rep.problems]
     joined = "\n".join(problems)
     assert "judge.api_key_env: $SELBENCH_TEST_UNSET_KEY is not set" in joined
+    assert "second_judge.api_key_env: $SELBENCH_TEST_UNSET_KEY2 is not set" in joined
     assert any("(ppl2)" in p and "variant" in p for p in problems)
     assert any("(random2)" in p and "temperature" in p for p in problems)
     assert any(p.startswith("pool:") for p in problems)
