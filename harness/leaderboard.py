@@ -66,13 +66,15 @@ def records_frame(results_dir: Path, board: str, protocol_hash: str
 
 
 def primary_metric_columns(columns: list[str]) -> list[str]:
-    """The headline metric per lm-eval task (acc, else exact_match), used for the benchmark average."""
+    """The headline metric per lm-eval task (acc, else exact_match; IFEval: prompt-level strict accuracy, the Open
+    LLM Leaderboard's), used for the benchmark average."""
     by_task: dict[str, str] = {}
     for c in columns:
         if not c.startswith("lm_eval/"):
             continue
         task, metric = c.split("/")[1], c.split("/", 2)[2]
-        if metric == "acc" or (metric.startswith("exact_match") and task not in by_task):
+        if metric == "acc" or ((metric.startswith("exact_match") or metric == "prompt_level_strict_acc")
+                               and task not in by_task):
             by_task[task] = c
     return [by_task[t] for t in sorted(by_task)]
 
