@@ -236,7 +236,11 @@ def board_agreement(records_a: list[tuple[Path, dict]], records_b: list[tuple[Pa
                     ) -> dict[str, Estimate | None]:
     """Per metric of ``evaluator``, the agreement of two boards' judges on the verdicts both gave (same cell, item
     and answer): the same board judged by two judges, e.g. a copy of its folder with another ``judge:``."""
-    a, b = board_verdicts(records_a, evaluator), board_verdicts(records_b, evaluator)
+    return _agreement_by_metric(board_verdicts(records_a, evaluator), board_verdicts(records_b, evaluator), evaluator)
+
+
+def _agreement_by_metric(a: dict[tuple, Any], b: dict[tuple, Any], evaluator: str) -> dict[str, Estimate | None]:
+    """:func:`judge_agreement` per metric of two :func:`board_verdicts` maps."""
     return {m: judge_agreement({k: v for k, v in a.items() if k[0] == m}, {k: v for k, v in b.items() if k[0] == m},
                                AGREEMENT_KIND[evaluator])
             for m in sorted({k[0] for k in a} & {k[0] for k in b})}
@@ -346,8 +350,9 @@ def board_judge_bias(records: list[tuple[Path, dict]]) -> list[JudgeBias]:
             for row in _side_rows(path, rec, evaluator, second=True):
                 for metric, _ in extract(row):
                     second[metric] += 1
-    verdicts = {ev: (board_verdicts(records, ev), board_verdicts(records, ev, second=True))
-                for ev in {m.split("/", 1)[0] for m in second}}
+    agreement: dict[str, Estimate | None] = {}
+    for ev in {m.split("/", 1)[0] for m in second}:
+        agreement.update(_agreement_by_metric(board_verdicts(records, ev), board_verdicts(records, ev, second=True), ev))
     order = list(EXTRACTORS)
     out = []
     for metric in sorted(pools, key=lambda m: (order.index(m.split("/", 1)[0]), m)):
@@ -361,11 +366,7 @@ def board_judge_bias(records: list[tuple[Path, dict]]) -> list[JudgeBias]:
         if metric.startswith("alpaca_eval/"):
             b.win_rates = _win_rates(records)
         if second.get(metric):
-            ev = metric.split("/", 1)[0]
-            b.second_judged = second[metric]
-            b.agreement = judge_agreement({k: v for k, v in verdicts[ev][0].items() if k[0] == metric},
-                                          {k: v for k, v in verdicts[ev][1].items() if k[0] == metric},
-                                          AGREEMENT_KIND[ev])
+            b.second_judged, b.agreement = second[metric], agreement.get(metric)
         out.append(b)
     return out
 
