@@ -4,9 +4,9 @@ Instruction Tuning" (ICLR 2024, arXiv 2312.15685).
 Reference followed: hkust-nlp/deita, ``src/deita/selection/scorer/base.py`` @405d060 (scores) and
 ``src/deita/selection/filter/base.py`` @ac6b91a (Repr Filter), with ``filter/combined_filter.py`` (score):
 
-* **Scores** (:func:`expected_score`): a scorer LM reads a complexity prompt (the query) and a quality prompt
-  (query + response); of its next-token distribution only the tokens "1".."6" count: softmax over those six
-  logits, score = sum_i p_i * i in [1, 6]. Every (user, assistant) turn is scored; an example's score is
+* **Scores**: a scorer LM reads a complexity prompt (the query) and a quality prompt (query + response); of its
+  next-token distribution only the tokens "1".."6" count: softmax over those six, score = sum_i p_i * i in [1, 6]
+  (``selbench.rating.expected_score``). Every (user, assistant) turn is scored; an example's score is
   ``sum_t complexity_t * quality_t`` (one term for Alpaca rows).
 * **Repr Filter** (:func:`repr_filter`): walk the pool by score, highest first; keep an example only if its cosine
   similarity to every kept one is <= ``tau`` (0.9; the first is always kept), until the budget. Upstream's default
@@ -14,34 +14,29 @@ Reference followed: hkust-nlp/deita, ``src/deita/selection/scorer/base.py`` @405
 
 Scorer (``scorer``; the record's ``extras["scorer"]`` and a note say which was used):
 
-* ``"judge"``: the board's judge, one request per prompt with ``max_tokens=1, logprobs, top_logprobs`` (OpenAI and
-  vLLM endpoints give them); digits among the top ``top_logprobs`` tokens (whitespace stripped, variants of one
-  digit summed), the missing ones probability 0. Answers are cached per judgment like every judge answer
-  (``judgments``, keyed by judge identity, messages and parameters) and counted in the selection's judge ledger.
-* ``"base"``: the board's base model through the shared base-model handle (the offline substitute for DEITA's
-  fine-tuned LLaMA scorers): the prompt under the protocol's chat template plus the assistant header, the next
-  token's log-softmax read at the six digit tokens (``SignalCache.next_token_logprobs``, cached). A long prompt is
-  cut in the response (then the query) to fit the signal cache's ``max_len``; counted in the notes.
-* a local model directory or hub ID (e.g. a downloaded ``hkust-nlp/deita-complexity-scorer``): as ``"base"``
-  with that model (its chat template, else ChatML) — note that DEITA's released scorers expect their own prompt
-  templates, which are not copied here.
+* ``"judge"``: the board's judge, one request per prompt with ``max_tokens=1, logprobs, top_logprobs``; digits
+  outside the returned top ``top_logprobs`` get probability 0. Cached per judgment, counted in the judge ledger.
+* ``"base"``: the board's base model (the offline substitute for DEITA's fine-tuned LLaMA scorers): the prompt under
+  the protocol's chat template plus the assistant header, the next token's log-softmax at the six digit tokens
+  (cached). A long prompt is cut in the response (then the query) to the signal cache's ``max_len``; counted.
+* a local model directory or hub ID (e.g. ``hkust-nlp/deita-complexity-scorer``): as ``"base"`` with that model
+  (its chat template, else ChatML); DEITA's released scorers expect their own prompt templates (not copied here).
 * ``"auto"`` (default): ``"judge"`` when the board has a judge that can return logprobs (``kind: openai``, or a
   local judge with ``server: vllm``), else ``"base"``; if the judge's first answer carries no logprobs, ``"base"``.
 
-Deviations (documented): the prompts are ours (upstream's are not copied); a digit outside the returned
-top-k, or an unscorable prompt, is an error counted in the notes (upstream silently returns 3.0, its issue #36)
-and the example is ranked after all scored ones; ties in the score keep pool order (upstream: an unstable sort).
-Embeddings: the shared all-MiniLM-L6-v2 sentence embeddings of instruction+input+output (upstream: Mistral-7B's
-last-token state of the whole conversation). Exactly ``budget``: when the filter runs out before the budget, the
-rest is filled with the filtered-out examples by score, with a note.
+Deviations (documented): the prompts are ours (upstream's are not copied); an unscorable prompt (no digit in the
+top-k) is an error counted in the notes, ranked after all scored ones (upstream silently returns 3.0, its issue
+#36); ties keep pool order (upstream: an unstable sort). Embeddings: the shared all-MiniLM-L6-v2 embeddings of
+instruction+input+output (upstream: Mistral-7B's last-token state). Exactly ``budget``: when the filter runs out
+first, the rest is filled with the filtered-out examples by score, with a note.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from selbench.formatting import encode, render
 from selbench.judge.client import Ledger
-from selbench.judged_selection import judge_cost, judge_top_logprobs, record_cost
+from selbench.judged_selection import judge_cost, judge_top_logprobs, record_cost, require_judge
+from selbench.rating import digit_logprobs, expected_score, fit_prompt, model_digit_logprobs, resolve_scorer
 from selbench.registry import register_method
 from selbench.select import Selection
 
@@ -53,27 +48,6 @@ COMPLEXITY = ("How complex and demanding is the following user query for an AI a
 QUALITY = ("How good is the assistant's response to the following user query: correct, helpful, complete and "
            "clear? Rate it from 1 to 6: 1 = very poor, 6 = excellent.\n\nQuery:\n{query}\n\nResponse:\n"
            "{response}\n\nAnswer with one digit from 1 to 6.")
-
-
-def expected_score(logprobs) -> np.ndarray:
-    """[..., 6] log-probabilities (or logits) of "1".."6" -> sum_i softmax_i * i; NaN where none is finite."""
-    lp = np.asarray(logprobs, dtype=np.float64)
-    finite = np.isfinite(lp)
-    m = np.where(finite, lp, -np.inf).max(-1, keepdims=True)
-    w = np.where(finite, np.exp(lp - np.where(np.isfinite(m), m, 0.0)), 0.0)
-    z = w.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(z > 0, (w * np.arange(1, 7)).sum(-1) / z, np.nan)
-
-
-def digit_logprobs(top: list | None) -> np.ndarray:
-    """Judge top-logprobs ``[[token, logprob], ...]`` -> [6] log-probabilities of "1".."6" (-inf when absent)."""
-    out = np.full(6, -np.inf)
-    for tok, lp in top or []:
-        d = str(tok).strip()
-        if d in DIGITS and lp is not None and np.isfinite(lp):
-            out[int(d) - 1] = np.logaddexp(out[int(d) - 1], float(lp))
-    return out
 
 
 def turns(e) -> list[tuple[str, str]]:
@@ -109,51 +83,14 @@ def repr_filter(order: list[int], E: np.ndarray, tau: float, budget: int) -> tup
     return kept, n_filter
 
 
-# ---------------------------------------------------------------- scorers
-def _fit(tok, kind: str, query: str, response: str, max_len: int) -> tuple[list[int], bool]:
-    """Chat-template token IDs of the prompt + assistant header, the response (then the query) cut to fit."""
-    cut = False
-    for _ in range(6):
-        ids = encode(tok, render(tok, prompt_messages(kind, query, response), add_generation_prompt=True))
-        over = len(ids) - max_len
-        if over <= 0:
-            return ids, cut
-        cut = True
-        target = response if kind == "quality" and response else query
-        t_ids = tok(target, add_special_tokens=False)["input_ids"]
-        short = tok.decode(t_ids[: max(0, len(t_ids) - over - 8)])
-        if kind == "quality" and response:
-            response = short
-        else:
-            query = short
-    return ids[-max_len:], True
-
-
 def model_scores(handle, signals, items: list[tuple[str, str, str]]) -> tuple[np.ndarray, int]:
-    tok = handle.tokenizer
-    ids = []
-    for d in DIGITS:
-        t = tok(d, add_special_tokens=False)["input_ids"]
-        if len(t) != 1:
-            raise ValueError(f"deita: the scorer's tokenizer splits the digit {d!r} into {len(t)} tokens")
-        ids.append(t[0])
     ctxs, n_cut = [], 0
     for kind, q, r in items:
-        c, cut = _fit(tok, kind, q, r, signals.max_len)
+        c, cut = fit_prompt(handle.tokenizer, lambda t, k=kind: prompt_messages(k, *t), [q, r],
+                            (1, 0) if kind == "quality" else (0,), signals.max_len)
         ctxs.append(c)
         n_cut += cut
-    return expected_score(signals.next_token_logprobs(ctxs, ids, model=handle, name="deita")), n_cut
-
-
-def resolve_scorer(scorer: str, ctx) -> str:
-    if scorer != "auto":
-        return scorer
-    if getattr(ctx, "judge", None) is None:
-        return "base"
-    spec = getattr(getattr(ctx, "protocol", None), "judge", None)
-    if spec is not None and spec.kind == "local" and spec.server != "vllm":
-        return "base"
-    return "judge"
+    return expected_score(model_digit_logprobs(handle, signals, ctxs, DIGITS, "deita")), n_cut
 
 
 @register_method("deita", uses_judge=True, family="strong-LLM", aspect="quality",
@@ -168,18 +105,16 @@ def select_deita(pool, budget, ctx, tau=0.9, scorer="auto", top_logprobs=20, emb
     items = [(k, q, r) for ts in per for q, r in ts for k in ("complexity", "quality")]
     used, notes, ledger = resolve_scorer(scorer, ctx), [], None
     if used == "judge":
-        if getattr(ctx, "judge", None) is None:
-            raise ValueError("deita: scorer 'judge' but the board has no judge")
         ledger = Ledger()
-        tops, n_rejected = judge_top_logprobs(ctx.judge, [prompt_messages(*it) for it in items], top_logprobs,
-                                              ledger)
+        tops, n_rejected = judge_top_logprobs(require_judge(ctx, "deita"), [prompt_messages(*it) for it in items],
+                                              top_logprobs, ledger)
         if tops == [None] and items:
             if scorer == "judge":
                 raise RuntimeError("deita: the judge endpoint returned no logprobs (scorer 'judge')")
             notes.append("the judge endpoint returned no logprobs: scored by the base model instead")
             used = "base"
         else:
-            flat = expected_score(np.stack([digit_logprobs(t) for t in tops]))
+            flat = expected_score(np.stack([digit_logprobs(t, DIGITS) for t in tops]))
             info = {"kind": "judge", "identity": ctx.judge.identity, "top_logprobs": top_logprobs}
             if n_rejected:
                 notes.append(f"{n_rejected} scorer prompts rejected by the judge (errors: those examples unscored)")

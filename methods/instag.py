@@ -1,23 +1,22 @@
 """InsTag: Lu et al. 2023, "#InsTag: Instruction Tagging for Analyzing Supervised Fine-tuning of Large Language
 Models" (ICLR 2024, arXiv 2308.07074).
 
-Reference: OFA-Sys/InsTag @0717193 (README: the released InsTagger model, no tagging-normalisation or sampling code)
-and the paper (Sec. 2 tag normalisation, Alg. 1 complexity-first diverse sampling), which this file follows:
+Reference: OFA-Sys/InsTag @0717193 (README: the released InsTagger model, no normalisation or sampling code) and the
+paper (Sec. 2 tag normalisation, Alg. 1 complexity-first diverse sampling), which this file follows:
 
 1. **Tagging.** The board's judge tags every query (instruction + input; the response is not read) with open
-   tags. Our prompt (not upstream's) asks for a JSON list of short tags; :func:`parse_tags` reads a JSON list
-   (of strings, or of ``{"tag": ...}`` objects as InsTag's own output), also inside a code fence or a
-   ``{"tags": [...]}`` object, or a list written one ``- tag`` per line; anything else (or an empty list) is a
-   parse failure: re-asked by the judge client, then counted, and that query has no tags. With a judge that
-   takes structured outputs (``server: vllm``) the answer is constrained to a JSON list of strings.
+   tags. Our prompt (not upstream's) asks for a JSON list of short tags; :func:`parse_tags` reads a JSON list (of
+   strings, or of InsTag's ``{"tag": ...}`` objects), also in a code fence or ``{"tags": [...]}``, or a bullet
+   list; anything else (or an empty list) is a parse failure: re-asked, then counted, and the query has no tags.
+   With a judge that takes structured outputs (``server: vllm``) the answer is a constrained JSON list.
 2. **Normalisation** (:func:`normalise_tags`): rule aggregation (lowercase, non-alphanumerics to spaces, NLTK
    Porter stemming of each word), then the frequency filter (tags on fewer than ``min_freq`` queries dropped;
    the paper's alpha = 20 is for 100k+ queries, hence the default 2), then semantic aggregation: tags whose
    all-MiniLM-L6-v2 embeddings (of each tag's most frequent surface form, shared signal cache) have cosine
-   similarity >= ``merge_threshold`` are merged (single linkage, i.e. DBSCAN with min_samples 1; the paper:
-   PhraseBERT + DBSCAN, eps 0.05), each group named by its most frequent tag. Deviations: rules before the
-   frequency filter (the paper filters raw tags first, which at small scale drops tags that differ only by case
-   or inflection); no association aggregation (FP-Growth).
+   similarity >= ``merge_threshold`` are merged (scikit-learn's DBSCAN, min_samples 1, cosine eps
+   1 - merge_threshold; the paper: PhraseBERT + DBSCAN, eps 0.05), each group named by its most frequent tag.
+   Deviations: rules before the frequency filter (the paper filters raw tags first, which at small scale drops
+   tags that differ only by case or inflection); no association aggregation (FP-Growth).
 3. **Complexity-first diverse sampling** (:func:`complexity_first_diverse`, Alg. 1): queries sorted by tag count,
    descending (stable: ties in pool order); repeated passes, each starting from an empty tag set T, take every
    remaining query that adds a tag not in T (T grows); until the budget. Queries that never add a tag (no tags
@@ -28,15 +27,16 @@ Cost: judge requests, cached answers, tokens and parse failures are in the notes
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 
 import numpy as np
 from selbench.judge.client import Ledger
+from selbench.judge.verdicts import parse_string_list
 from selbench.judged_selection import count_errors, judge_cost, record_cost, require_judge
 from selbench.registry import register_method
 from selbench.select import Selection
+from sklearn.cluster import DBSCAN
 
 SYSTEM = ("You label user requests to an AI assistant with tags that describe the user's intentions: the task, "
           "the topic or domain, and the skills or knowledge the request calls for.")
@@ -55,61 +55,24 @@ def tag_messages(query: str, max_tags: int) -> list[dict[str, str]]:
             {"role": "user", "content": USER.replace("{max_tags}", str(max_tags)).replace("{query}", query)}]
 
 
-def _items(obj) -> list | None:
-    if isinstance(obj, dict):
-        obj = obj.get("tags")
-    if not isinstance(obj, list):
-        return None
-    out = []
-    for it in obj:
-        if isinstance(it, dict):
-            it = it.get("tag")
-        if not isinstance(it, str):
-            return None
-        out.append(it)
-    return out
-
-
 def parse_tags(text: str | None, max_tags: int = 10) -> list[str] | None:
-    """The tags in a judge's answer, or None (a parse failure)."""
-    if not text or not text.strip():
-        return None
-    body = re.sub(r"```(?:json)?", "", text).strip()
-    found, dec = None, json.JSONDecoder()
-    for m in list(re.finditer(r"[\[{]", body))[:8]:
-        try:
-            found = _items(dec.raw_decode(body[m.start():])[0])
-        except json.JSONDecodeError:
-            continue
-        if found is not None:
-            break
-    if found is None:
-        lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
-        if lines and all(re.match(r"^(?:[-*\u2022]|\d+[.)])\s+\S", ln) for ln in lines):
-            found = [re.sub(r"^(?:[-*\u2022]|\d+[.)])\s+", "", ln) for ln in lines]
-    if found is None:
-        return None
-    tags = [t.strip().strip("\"'#").strip() for t in found]
+    """The tags in a judge's answer (a JSON list of strings or of InsTag's ``{"tag": ...}`` objects, or a bullet
+    list: :func:`~selbench.judge.verdicts.parse_string_list`), or None (a parse failure)."""
+    found = parse_string_list(text, key="tags", item_key="tag")
+    tags = [t.strip().strip("\"'#").strip() for t in found or []]
     tags = [t for t in tags if t and len(t) <= MAX_TAG_CHARS]
     return tags[:max_tags] or None
 
 
-_STEM = None
-
-
 def rule_normalise(tag: str) -> str:
     """Lowercase, non-alphanumerics to spaces, Porter-stem each word."""
-    global _STEM
-    if _STEM is None:
-        from nltk.stem import PorterStemmer
+    from nltk.stem import PorterStemmer
 
-        _STEM = PorterStemmer()
-    words = re.sub(r"[^0-9a-z]+", " ", tag.lower()).split()
-    return " ".join(_STEM.stem(w) for w in words)
+    stem = PorterStemmer().stem
+    return " ".join(stem(w) for w in re.sub(r"[^0-9a-z]+", " ", tag.lower()).split())
 
 
-def normalise_tags(raw: list[list[str]], min_freq: int, merge_threshold: float, embed) -> tuple[list[set[str]],
-                                                                                               dict]:
+def normalise_tags(raw: list[list[str]], min_freq: int, merge_threshold: float, embed) -> tuple[list[set], dict]:
     """Per query, its normalised tag set. ``embed(list[str]) -> [n, d]`` unit-norm embeddings (for merging)."""
     norm = [[rule_normalise(t) for t in tags] for tags in raw]
     surface: dict[str, Counter] = {}
@@ -123,21 +86,9 @@ def normalise_tags(raw: list[list[str]], min_freq: int, merge_threshold: float, 
     if len(kept) > 1 and merge_threshold < 1.0:
         names = [min(surface[n], key=lambda s: (-surface[n][s], s)) for n in kept]
         E = np.asarray(embed(names), dtype=np.float64)
-        parent = list(range(len(kept)))
-
-        def find(i):
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        S = E @ E.T
-        for i, j in zip(*np.nonzero(np.triu(S >= merge_threshold, 1))):
-            parent[find(int(i))] = find(int(j))
-        groups: dict[int, list[str]] = {}
-        for i, n in enumerate(kept):
-            groups.setdefault(find(i), []).append(n)
-        for members in groups.values():
+        labels = DBSCAN(eps=1.0 - merge_threshold, min_samples=1, metric="cosine").fit(E).labels_
+        for group in set(labels.tolist()):
+            members = [n for n, lab in zip(kept, labels) if lab == group]
             head = min(members, key=lambda m: (-freq[m], m))
             for m in members:
                 canon[m] = head
@@ -152,20 +103,16 @@ def complexity_first_diverse(tag_sets: list[set[str]], budget: int) -> tuple[lis
     order = sorted(range(len(tag_sets)), key=lambda i: -len(tag_sets[i]))  # stable: ties in pool order
     remaining, chosen, passes = order, [], 0
     while len(chosen) < budget and remaining:
-        seen: set[str] = set()
-        taken = []
+        seen, taken = set(), set()
         for i in remaining:
-            if len(chosen) == budget:
-                break
-            if tag_sets[i] - seen:
+            if len(chosen) < budget and tag_sets[i] - seen:
                 chosen.append(i)
-                taken.append(i)
+                taken.add(i)
                 seen |= tag_sets[i]
         if not taken:
             break
         passes += 1
-        done = set(taken)
-        remaining = [i for i in remaining if i not in done]
+        remaining = [i for i in remaining if i not in taken]
     fill = remaining[: budget - len(chosen)]
     return chosen + fill, {"passes": passes, "filled": len(fill)}
 
@@ -178,14 +125,12 @@ def complexity_first_diverse(tag_sets: list[set[str]], budget: int) -> tuple[lis
                  reference="OFA-Sys/InsTag @0717193 (README; no selection code) + paper Alg. 1")
 def select_instag(pool, budget, ctx, max_tags=10, min_freq=2, merge_threshold=0.9, max_tokens=128,
                   embed_model="all-MiniLM-L6-v2"):
-    judge = require_judge(ctx, "instag")
-    ledger = Ledger()
+    judge, ledger = require_judge(ctx, "instag"), Ledger()
     verdicts = judge.judge_many([tag_messages(e.prompt, max_tags) for e in pool],
                                 lambda t: parse_tags(t, max_tags), ledger, desc="instag: tagging",
                                 max_tokens=max_tokens, constraint=tags_constraint(max_tags))
     errors = count_errors(verdicts)
-    raw = [list(v.value) if v.ok and v.value else [] for v in verdicts]
-    failed = sum(1 for v in verdicts if not v.ok)
+    raw, failed = [list(v.value) if v.ok and v.value else [] for v in verdicts], sum(not v.ok for v in verdicts)
     sets, info = normalise_tags(raw, min_freq, merge_threshold,
                                 lambda texts: ctx.signals.text_embeddings(texts, model_name=embed_model,
                                                                           name="instag_tags"))
@@ -193,10 +138,9 @@ def select_instag(pool, budget, ctx, max_tags=10, min_freq=2, merge_threshold=0.
     n_tagless = sum(1 for s in sets if not s)
     notes = [(f"{len(pool) - failed} of {len(pool)} queries tagged; {failed} errors, left without tags "
               f"({errors['parse']} unparseable tag lists, {errors['other']} rejected by the judge); tags: "
-              f"{info['raw_tags']} raw, "
-              f"{info['after_rules']} after lowercase+stemming, {info['after_freq']} on >= {min_freq} queries, "
-              f"{info['after_merge']} after merging at cosine >= {merge_threshold:g}; {n_tagless} queries have no "
-              f"tag left"),
+              f"{info['raw_tags']} raw, {info['after_rules']} after lowercase+stemming, {info['after_freq']} on >= "
+              f"{min_freq} queries, {info['after_merge']} after merging at cosine >= {merge_threshold:g}; "
+              f"{n_tagless} queries have no tag left"),
              f"complexity-first diverse sampling: {samp['passes']} pass(es)"
              + (f"; {samp['filled']} filled in tag-count order (they add no unseen tag)" if samp["filled"] else "")]
     sel = Selection([pool.examples[i].id for i in picks], scores={e.id: float(len(s)) for e, s in zip(pool, sets)},

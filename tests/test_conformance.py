@@ -205,7 +205,8 @@ def test_win_score_strict_rule_matches_fastchat_show_result():
 
 def test_deita_repr_filter_and_expected_score_match_deita():
     """hkust-nlp/deita's Combined_Filter and Scorer.infer_score, run on C.deita_inputs() (fixture deita.json)."""
-    from selbench.methods.deita import expected_score, repr_filter
+    from selbench.methods.deita import repr_filter
+    from selbench.rating import expected_score
 
     fx = fixture("deita.json")
     x = C.deita_inputs()

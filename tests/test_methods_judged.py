@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,11 +21,13 @@ from fake_judge import FakeJudge, alpagasus_score, deita_top_logprobs, instag_ta
 from selbench.cache import ArtifactCache
 from selbench.data import Pool, normalise_row
 from selbench.judge.client import JudgeClient
+from selbench.judge.verdicts import parse_string_list
 from selbench.methods.alpagasus import load_prompt, parse_score, rank_by_score, rating_messages
-from selbench.methods.deita import digit_logprobs, expected_score, prompt_messages, repr_filter, turns
+from selbench.methods.deita import DIGITS, prompt_messages, repr_filter, turns
 from selbench.methods.instag import complexity_first_diverse, normalise_tags, parse_tags, rule_normalise
 from selbench.models import BaseModelHandle, ResolvedModel
 from selbench.protocol import JudgeSpec
+from selbench.rating import digit_logprobs, expected_score, fit_prompt, resolve_scorer
 from selbench.registry import get_method, load_all
 from selbench.select import SelectionContext, cached_selection, selection_inputs
 from selbench.signals import SignalCache
@@ -86,12 +89,12 @@ def test_deita_expected_score_from_logprobs():
 def test_deita_digit_logprobs_from_judge_top_logprobs():
     top = [["4", math.log(0.5)], [" 4", math.log(0.1)], ["5", math.log(0.2)], ["The", math.log(0.1)],
            ["7", math.log(0.05)]]
-    lp = digit_logprobs(top)
+    lp = digit_logprobs(top, DIGITS)
     assert np.exp(lp[3]) == pytest.approx(0.6) and np.exp(lp[4]) == pytest.approx(0.2)
     assert np.isneginf(lp[[0, 1, 2, 5]]).all()
     assert expected_score(lp) == pytest.approx((0.6 * 4 + 0.2 * 5) / 0.8)
-    assert math.isnan(expected_score(digit_logprobs([["The", -0.1]])))  # no digit in the top-k: an error
-    assert math.isnan(expected_score(digit_logprobs(None)))
+    assert math.isnan(expected_score(digit_logprobs([["The", -0.1]], DIGITS)))  # no digit in the top-k: an error
+    assert math.isnan(expected_score(digit_logprobs(None, DIGITS)))
 
 
 def test_deita_repr_filter_on_hand_made_embeddings():
@@ -104,6 +107,30 @@ def test_deita_repr_filter_on_hand_made_embeddings():
     assert picks == [0, 2, 3] and n == 3
     picks, n = repr_filter([0, 1, 2], np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]), 0.0, 3)
     assert picks == [0, 1, 2] and n == 2  # similarity exactly at tau (0) is kept; 2 duplicates 0: filled
+
+
+def test_rating_levels_scorer_choice_and_prompt_fitting(smollm_tokenizer_dir):
+    assert expected_score(np.zeros(3), levels=[0, 5, 10]) == pytest.approx(5.0)
+    assert digit_logprobs([["0", 0.0]], ("0", "1")).tolist() == [0.0, -np.inf]
+    ctx = SimpleNamespace(judge=None, protocol=None)
+    assert resolve_scorer("auto", ctx) == "base" and resolve_scorer("/some/model", ctx) == "/some/model"
+    ctx.judge, ctx.protocol = object(), SimpleNamespace(judge=JudgeSpec(kind="local", model="m", server="transformers"))
+    assert resolve_scorer("auto", ctx) == "base"  # a local judge without logprobs
+    ctx.protocol = SimpleNamespace(judge=JudgeSpec(kind="local", model="m", server="vllm"))
+    assert resolve_scorer("auto", ctx) == "judge"
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm_tokenizer_dir)
+    msgs = lambda t: prompt_messages("quality", *t)  # noqa: E731
+    q, r = "short query " * 3, "a long response " * 200
+    whole, cut = fit_prompt(tok, msgs, [q, r], (1, 0), 10_000)
+    assert not cut and len(whole) > 600
+    ids, cut = fit_prompt(tok, msgs, [q, r], (1, 0), 120)
+    text = tok.decode(ids)
+    assert cut and len(ids) <= 120 and "short query short query short query" in text  # the response was cut
+    assert text.rstrip().endswith("assistant")  # the assistant header stays: the next token is the rating
+    ids, cut = fit_prompt(tok, msgs, ["q " * 400, ""], (1, 0), 120)  # nothing to cut in the response: the query
+    assert cut and len(ids) <= 120
 
 
 def test_deita_turns_and_prompts():
@@ -134,6 +161,14 @@ def test_instag_parses_tag_lists(text, tags):
                                   "[1, 2]", "math, logic and other things here"])
 def test_instag_malformed_tag_lists_are_failures(text):
     assert parse_tags(text) is None
+
+
+@pytest.mark.parametrize("text, items", [
+    ('["a", "b"]', ["a", "b"]), ('{"tags": ["x"]}', ["x"]), ('[{"tag": "t"}]', ["t"]), ("[]", []),
+    ("- one\n* two\n3) three", ["one", "two", "three"]), ("-\n- x", None), ('[1, "a"]', None), ("", None),
+])
+def test_judge_string_lists(text, items):
+    assert parse_string_list(text, key="tags", item_key="tag") == items
 
 
 def test_instag_normalisation():
@@ -257,9 +292,9 @@ def test_deita_judge_logprobs_and_base_model_scorer(pool, fake, handle, tmp_path
     assert sel.extras["scorer"]["kind"] == "judge" and "scorer: judge" in sel.notes[0]
     for i, e in enumerate(pool.examples[:5]):
         c = expected_score(digit_logprobs(deita_top_logprobs(
-            "\n".join(m["content"] for m in prompt_messages("complexity", e.prompt)))[:20]))
+            "\n".join(m["content"] for m in prompt_messages("complexity", e.prompt)))[:20], DIGITS))
         q = expected_score(digit_logprobs(deita_top_logprobs(
-            "\n".join(m["content"] for m in prompt_messages("quality", e.prompt, e.output)))[:20]))
+            "\n".join(m["content"] for m in prompt_messages("quality", e.prompt, e.output)))[:20], DIGITS))
         assert sel.scores[e.id] == pytest.approx(c * q)
     assert fake.requests[-1]["logprobs"] is True and fake.requests[-1]["max_tokens"] == 1
     # the offline substitute: the base model's next-token distribution over the six digits

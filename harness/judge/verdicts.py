@@ -6,6 +6,7 @@ Sign convention for one ordered judgment: +1 the model under test is preferred, 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,6 +27,38 @@ def parse_rating(text: str | None) -> float:
 def rating_or_none(text: str | None) -> float | None:
     r = parse_rating(text)
     return None if r < 0 else r
+
+
+_BULLET = re.compile(r"^(?:[-*\u2022]|\d+[.)])\s+")
+
+
+def parse_string_list(text: str | None, key: str | None = None, item_key: str | None = None) -> list[str] | None:
+    """A list of strings from a judge's answer, or None. The first JSON value that is one, also inside a code fence:
+    a list of strings (or of ``{item_key: str}`` objects), or ``{key: [...]}``; else a list written one item per
+    line (``- item``, ``* item``, ``1. item``). An empty list is returned as it is (the caller decides)."""
+    if not text or not text.strip():
+        return None
+
+    def strings(obj):
+        if isinstance(obj, dict) and key is not None:
+            obj = obj.get(key)
+        if not isinstance(obj, list):
+            return None
+        out = [it.get(item_key) if isinstance(it, dict) and item_key is not None else it for it in obj]
+        return out if all(isinstance(it, str) for it in out) else None
+
+    body, dec = re.sub(r"```(?:json)?", "", text).strip(), json.JSONDecoder()
+    for m in list(re.finditer(r"[\[{]", body))[:8]:
+        try:
+            found = strings(dec.raw_decode(body[m.start():])[0])
+        except json.JSONDecodeError:
+            continue
+        if found is not None:
+            return found
+    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+    if lines and all(_BULLET.match(ln) and _BULLET.sub("", ln).strip() for ln in lines):
+        return [_BULLET.sub("", ln) for ln in lines]
+    return None
 
 
 def parse_pair_v2(text: str | None) -> str:
