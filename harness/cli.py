@@ -48,7 +48,7 @@ def _setup(verbose: bool) -> None:
 
 def print_leaderboard(board: str, out: dict, ws: Workspace, protocol) -> None:
     """The board in the terminal: headline metrics with their intervals and marks, the noise floor, the files."""
-    from .leaderboard import headline_columns
+    from .leaderboard import headline_columns, verdict_lines
 
     t = out["table"]
     if t.empty:
@@ -72,6 +72,8 @@ def print_leaderboard(board: str, out: dict, ws: Workspace, protocol) -> None:
         sd = f"seed SD {f['seed_sd']:.3g}" if f.get("seed_sd") is not None else "one seed"
         console.print(f"noise floor {m}: differences below {f['mdd']:.3g} are noise at this size "
                       f"({f['n_items']} items, {f['n_seeds']} seeds, {sd})")
+    for line in verdict_lines(t, metrics)[2:-1]:  # the verdicts on the metrics shown, without the legend
+        console.print(f"against random {line[2:]}", markup=False)
     board_dir = ws.board_dir(board)
     for name in ("LEADERBOARD.md", "leaderboard.html"):
         if (board_dir / name).is_file():

@@ -20,7 +20,7 @@ from typing import Any
 from .judge.client import Ledger
 
 COUNTS = ("calls", "cached", "retries", "parse_retries", "parse_errors", "errors", "prompt_tokens",
-          "completion_tokens")
+          "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens")
 
 
 def require_judge(ctx, method: str):
@@ -45,7 +45,9 @@ def judge_cost(ledger: Ledger, n_items: int, judge=None, what: str = "judgments"
     if ident is not None:
         counts["judge"] = ident
     note = (f"judge cost: {n_items} {what}, {counts['calls']} requests sent, {counts['cached']} answers from the "
-            f"judgment cache, {counts['prompt_tokens']} prompt + {counts['completion_tokens']} completion tokens, "
+            f"judgment cache, {counts['prompt_tokens'] + counts['cached_prompt_tokens']} prompt + "
+            f"{counts['completion_tokens'] + counts['cached_completion_tokens']} completion tokens ("
+            f"{counts['cached_prompt_tokens'] + counts['cached_completion_tokens']} of them in cached answers), "
             f"{counts['parse_errors']} unparseable after {counts['parse_retries']} re-asks, "
             f"{counts['retries']} transport retries")
     return note, counts

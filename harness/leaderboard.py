@@ -39,10 +39,12 @@ def judge_error_counts(evaluation: dict[str, Any]) -> tuple[int, int]:
 
 
 def selection_judge_tokens(rec: dict[str, Any]) -> float:
-    """Judge tokens (prompt + completion) a judged method's selection spent, as recorded when it was computed;
-    NaN for a method that asks no judge."""
+    """Judge tokens (prompt + completion) of a judged method's selection, those of answers served from the judgment
+    cache included (a method's cost does not depend on what an earlier run cached); NaN for a method that asks no
+    judge."""
     j = ((rec.get("selection") or {}).get("cost") or {}).get("judge")
-    return float(j.get("prompt_tokens", 0) + j.get("completion_tokens", 0)) if j else math.nan
+    keys = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cached_completion_tokens")
+    return float(sum(j.get(k, 0) for k in keys)) if j else math.nan
 
 
 def records_frame(results_dir: Path, board: str, protocol_hash: str
@@ -169,6 +171,30 @@ def judge_bias_lines(bias: list | None) -> list[str]:
     return [legend, "", *[f"- {b.sentence()}" for b in bias], ""]
 
 
+def verdict_lines(agg: pd.DataFrame, metric_cols: list[str]) -> list[str]:
+    """What the board says about each method against ``random``, per metric and budget, read from the paired tests:
+    the rows significantly better (▲), significantly worse (▼), and those not distinguishable at this size."""
+    out = []
+    for m in metric_cols:
+        key = f"{m}:vs_random"
+        if key not in agg:
+            continue
+        parts = []
+        for budget, g in agg[agg[key].notna()].groupby("budget", sort=False):
+            marks = g.get(f"{key}:mark", pd.Series("", index=g.index)).fillna("")
+            better = sorted(g.loc[marks == "▲", "method"])
+            worse = sorted(g.loc[marks == "▼", "method"])
+            same = sorted(g.loc[~marks.isin(["▲", "▼"]), "method"])
+            parts.append(f"at {budget}: ▲ {', '.join(better) or 'none'}; ▼ {', '.join(worse) or 'none'}; "
+                         f"not distinguishable: {', '.join(same) or 'none'}")
+        if parts:
+            out.append(f"- `{m}` " + " · ".join(parts))
+    if not out:
+        return []
+    return ["**Against random** (per metric and budget: significantly better ▲, significantly worse ▼, or not "
+            "distinguishable from `random` at this board's size):", "", *out, ""]
+
+
 def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str],
                     floors: dict[str, Any] | None = None, bias: list | None = None) -> str:
     metric_cols = headline_columns(list(agg.columns), protocol)
@@ -192,6 +218,7 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
         lines += ["**No intervals or tests on this board yet**: no headline metric has per-item scores in a "
                   "`random` row and another row (records written before selbench stored item IDs need a "
                   "refresh). The values below are bare means: do not read differences into them.", ""]
+    lines += verdict_lines(agg, metric_cols)
     lines += judge_bias_lines(bias)
     lines += ["Cells: mean over seeds [95% interval], then `Δr`: the paired difference to `random` at the same "
               "budget ± half its 95% interval (hierarchical bootstrap over seeds and items, Student-t with "

@@ -79,8 +79,8 @@ def metric_directions(records: list[tuple[Path, dict[str, Any]]]) -> dict[str, b
 
 
 def judge_tokens(records: list[tuple[Path, dict[str, Any]]]) -> dict[tuple[str, Any], float]:
-    """Mean over seeds of the judge tokens (prompt + completion, all judged evaluators) per (row, budget); the
-    judge ledgers count calls served from the judgment cache as 0 tokens."""
+    """Mean over seeds of the judge tokens (prompt + completion, all judged evaluators) per (row, budget), those of
+    answers served from the judgment cache included (``cached_*`` counts)."""
     per_row: dict[tuple[str, Any], list[int]] = {}
     for _, rec in records:
         tokens = sum(int(v) for ev in (rec.get("evaluation") or {}).values()

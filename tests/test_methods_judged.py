@@ -22,6 +22,7 @@ from selbench.cache import ArtifactCache
 from selbench.data import Pool, normalise_row
 from selbench.judge.client import JudgeClient
 from selbench.judge.verdicts import parse_string_list
+from selbench.leaderboard import selection_judge_tokens
 from selbench.methods.alpagasus import load_prompt, parse_score, rank_by_score, rating_messages
 from selbench.methods.deita import DIGITS, prompt_messages, repr_filter, turns
 from selbench.methods.instag import complexity_first_diverse, normalise_tags, parse_tags, rule_normalise
@@ -277,6 +278,12 @@ def test_judge_answers_are_cached_across_runs_and_methods(pool, fake, handle, tm
     assert not meta["cached"]
     assert second.extras["judge"]["calls"] == 0 and second.extras["judge"]["cached"] > 0
     assert judge.ledger.calls == 0 and len(fake.requests) == n_requests
+    # the judgments' cost stays the method's cost when they come from the cache: the same tokens, none sent now
+    cost = [sel.extras["judge"] for sel in (first, second)]
+    assert cost[1]["prompt_tokens"] == cost[1]["completion_tokens"] == 0 and cost[0]["prompt_tokens"] > 0
+    assert selection_judge_tokens({"selection": {"cost": {"judge": cost[1]}}}) == \
+        selection_judge_tokens({"selection": {"cost": {"judge": cost[0]}}}) == 13 * first.extras["judge"]["calls"]
+    assert f"{13 * cost[1]['cached']} of them in cached answers" in " ".join(second.notes)
     for name, params in (("instag", {}), ("deita", {"scorer": "judge"})):
         select(name, pool, 6, make_ctx(cache, handle, make_judge(fake, cache)), **params)
         judge = make_judge(fake, cache)

@@ -96,4 +96,6 @@ def test_leaderboard_marks_planted_harm_and_reports_noise_floor(tmp_path):
     assert floor["n_seeds"] == 3 and floor["n_items"] == 120 and 0 < floor["mdd"] < 0.2 and floor["seed_sd"] > 0
     md = (board / "LEADERBOARD.md").read_text()
     assert "Noise floor" in md and "differences below" in md and "Δr +0.3" in md and "▼" in md
+    # the board says in words which rows differ from random and which do not
+    assert "- `ref_likelihood/nll` at 16: ▲ none; ▼ harmful; not distinguishable: neutral" in md
     assert (board / "comparisons.csv").read_text().count("\n") >= 5

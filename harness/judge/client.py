@@ -43,8 +43,12 @@ class Ledger:
     parse_retries: int = 0  # re-asks after an unparseable verdict
     parse_errors: int = 0  # judgments still unparseable after all re-asks
     errors: int = 0  # judgments that failed at the transport level after all retries
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # tokens of the requests sent
     completion_tokens: int = 0
+    # tokens of the answers served from the judgment cache, as counted when they were asked: the judgments'
+    # cost does not vanish on a re-run (answers cached before the usage was stored count 0)
+    cached_prompt_tokens: int = 0
+    cached_completion_tokens: int = 0
 
     def as_counts(self, prefix: str = "judge/") -> dict[str, int]:
         return {prefix + k: v for k, v in asdict(self).items()}
@@ -146,7 +150,7 @@ class JudgeClient:
         def ask() -> dict[str, Any]:
             text, usage, top = self._request(messages, params, ledgers)
             self._count(ledgers, prompt_tokens=usage[0], completion_tokens=usage[1])
-            return {"text": text, "judge": self.identity, "params": params,
+            return {"text": text, "judge": self.identity, "params": params, "usage": list(usage),
                     **({"top_logprobs": top} if params.get("logprobs") else {})}
 
         if self.cache is None:
@@ -155,7 +159,8 @@ class JudgeClient:
         # The judge's identity names the judge, its engine and device included: the policy adds nothing.
         art = self.cache.get_or_compute("judgments", inputs, ask, engine=None, device=None)
         if art.hit:
-            self._count(ledgers, cached=1)
+            used = art.value.get("usage") or (0, 0)
+            self._count(ledgers, cached=1, cached_prompt_tokens=int(used[0]), cached_completion_tokens=int(used[1]))
         return art.value
 
     def _request(self, messages: Messages, params: dict[str, Any], ledgers
