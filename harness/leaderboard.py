@@ -171,9 +171,10 @@ def judge_bias_lines(bias: list | None) -> list[str]:
     return [legend, "", *[f"- {b.sentence()}" for b in bias], ""]
 
 
-def verdict_lines(agg: pd.DataFrame, metric_cols: list[str]) -> list[str]:
+def verdict_lines(agg: pd.DataFrame, metric_cols: list[str], name_all: bool = True) -> list[str]:
     """What the board says about each method against ``random``, per metric and budget, read from the paired tests:
-    the rows significantly better (▲), significantly worse (▼), and those not distinguishable at this size."""
+    the rows significantly better (▲), significantly worse (▼), and those not distinguishable at this size (by
+    name, or only their number when ``name_all`` is false)."""
     out = []
     for m in metric_cols:
         key = f"{m}:vs_random"
@@ -185,8 +186,9 @@ def verdict_lines(agg: pd.DataFrame, metric_cols: list[str]) -> list[str]:
             better = sorted(g.loc[marks == "▲", "method"])
             worse = sorted(g.loc[marks == "▼", "method"])
             same = sorted(g.loc[~marks.isin(["▲", "▼"]), "method"])
+            rest = (', '.join(same) or 'none') if name_all else str(len(same))
             parts.append(f"at {budget}: ▲ {', '.join(better) or 'none'}; ▼ {', '.join(worse) or 'none'}; "
-                         f"not distinguishable: {', '.join(same) or 'none'}")
+                         f"not distinguishable: {rest}")
         if parts:
             out.append(f"- `{m}` " + " · ".join(parts))
     if not out:
