@@ -505,7 +505,13 @@ class SignalCache:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(model_path)
+            from .hub import once
+
+            def load_tokenizer():
+                return AutoTokenizer.from_pretrained(model_path)
+
+            # a hub ID that cannot be loaded (offline) fails once per process, not once per cell
+            tok = load_tokenizer() if Path(model_path).is_dir() else once(f"model:{model_path}", load_tokenizer)
             mdl = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=torch.float32).to(device)
             mdl.eval()
             if tok.pad_token is None:

@@ -74,6 +74,26 @@ def test_without_the_file_offline_the_column_is_the_approximation(tmp_path, monk
         _length_controlled(annotations(), AlpacaEvalSettings(lc_gamed_file=str(tmp_path / "nope.csv")), Ctx())
 
 
+def test_an_unreachable_hub_is_asked_once_per_process(monkeypatch):
+    """Offline, each hub attempt spends ~30 s in huggingface_hub's retries: the next cells fail over at once."""
+    import huggingface_hub
+
+    calls = []
+
+    def unreachable(**kw):
+        calls.append(kw["filename"])
+        raise huggingface_hub.errors.LocalEntryNotFoundError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    from selbench import hub
+
+    monkeypatch.setattr(hub, "_FAILED", {})
+    for _ in range(3):
+        name, value, se, info = _length_controlled(annotations(), AlpacaEvalSettings(), Ctx())
+        assert name == "lc_win_rate_approx" and "no network" in info["lc_unavailable"]
+    assert calls == ["df_gamed.csv"]
+
+
 def test_leaderboard_shows_the_lc_column_that_was_produced():
     proto = Protocol.model_validate({
         "name": "t", "base_model": {"path": "x"}, "pool": {"path": "p.json"}, "budgets": [1], "seeds": [0],
@@ -83,3 +103,4 @@ def test_leaderboard_shows_the_lc_column_that_was_produced():
     # a judge that produced nothing still shows all its headline columns (empty), so the failure is visible
     assert {"alpaca_eval/win_rate", "alpaca_eval/lc_win_rate", "alpaca_eval/lc_win_rate_approx"} <= \
         set(headline_columns([], proto))
+

@@ -23,7 +23,6 @@ length-only GLM that can be far from the official figure (docs/judges.md says ho
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -165,6 +164,7 @@ def lc_fallback(prefs: list[float], len_model: list[int], len_ref: list[int], n_
     length-gamed baselines, so it can be far from the official figure (docs/judges.md). Stderr by bootstrap."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     y = np.asarray(prefs, dtype=float) - 1.0
     d = np.asarray(len_model, dtype=float) - np.asarray(len_ref, dtype=float)
@@ -182,11 +182,12 @@ def lc_fallback(prefs: list[float], len_model: list[int], len_ref: list[int], n_
         return 100.0 / (1.0 + math.exp(-float(m.intercept_[0])))
 
     n = len(y)
-    value = fit(np.arange(n))
-    if n < 2:
-        return value, None
-    rng = np.random.default_rng(seed)
-    boots = [fit(rng.integers(0, n, n)) for _ in range(n_boot)]
+    with threadpool_limits(1):  # one-feature fits: BLAS threads only contend with the torch threads (4x slower)
+        value = fit(np.arange(n))
+        if n < 2:
+            return value, None
+        rng = np.random.default_rng(seed)
+        boots = [fit(rng.integers(0, n, n)) for _ in range(n_boot)]
     return value, float(np.std(boots, ddof=1))
 
 
@@ -325,8 +326,17 @@ def alpaca_eval_lc(annotations, gamed_file=None) -> tuple[float, float | None]:
 
     from alpaca_eval.metrics import glm_winrate
 
-    patch = mock.patch.object(glm_winrate, "hf_hub_download", lambda **_: str(gamed_file)) if gamed_file else \
-        contextlib.nullcontext()
-    with patch:
+    download = (lambda **_: str(gamed_file)) if gamed_file else _hub_download_once
+    with mock.patch.object(glm_winrate, "hf_hub_download", download):
         r = glm_winrate.get_length_controlled_winrate(annotations.copy(), save_weights_dir=None)
     return float(r["length_controlled_winrate"]), _num(r.get("lc_standard_error"))
+
+
+def _hub_download_once(**kw) -> str:
+    """alpaca_eval's own ``hf_hub_download`` call; after one failure in this process, the same error at once
+    (offline, each attempt spends ~30 s in huggingface_hub's retries: once per cell otherwise)."""
+    from huggingface_hub import hf_hub_download
+
+    from ..hub import once
+
+    return once(f"{kw.get('repo_id')}/{kw.get('filename')}", lambda: hf_hub_download(**kw), (Exception,))
