@@ -36,7 +36,7 @@ class _DropUninformative(logging.Filter):
 
 def _setup(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "datasets", "lm_eval", "filelock", "fsspec"):
+    for noisy in ("httpx", "httpx2", "urllib3", "datasets", "lm_eval", "filelock", "fsspec"):  # httpx2: openai
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         for handler in logging.getLogger().handlers:
