@@ -123,7 +123,18 @@ def test_concurrency_is_bounded(fake, tmp_path):
     assert 1 < peak[0] <= 3
 
 
-def test_interrupt_drops_queued_judgments_without_waiting(fake, tmp_path):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test: ``_thread.interrupt_main()`` simulates Ctrl-C only under it, and a
+    library an earlier test loaded in this process may have replaced it (the simulated Ctrl-C is then dropped)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_interrupt_drops_queued_judgments_without_waiting(fake, tmp_path, python_sigint):
     """Ctrl-C during judge_many returns at once: queued judgments are cancelled, in-flight ones not waited for."""
     import _thread
     import threading
