@@ -183,9 +183,13 @@ def verdict_lines(agg: pd.DataFrame, metric_cols: list[str], name_all: bool = Tr
         parts = []
         for budget, g in agg[agg[key].notna()].groupby("budget", sort=False):
             marks = g.get(f"{key}:mark", pd.Series("", index=g.index)).fillna("")
-            better = sorted(g.loc[marks == "▲", "method"])
-            worse = sorted(g.loc[marks == "▼", "method"])
-            same = sorted(g.loc[~marks.isin(["▲", "▼"]), "method"])
+            ref = agg.loc[(agg["method"] == "random") & (agg["budget"] == budget), "seeds"]
+            # a row with fewer seeds than random is provisional: its own seed-to-seed spread is not in the test yet
+            few = {r.method: int(r.seeds) for r in g.itertuples() if len(ref) and int(r.seeds) < int(ref.iloc[0])}
+            label = lambda m: f"{m} ({few[m]} seed{'s' if few[m] > 1 else ''})" if m in few else m  # noqa: E731
+            better = sorted(map(label, g.loc[marks == "▲", "method"]))
+            worse = sorted(map(label, g.loc[marks == "▼", "method"]))
+            same = sorted(map(label, g.loc[~marks.isin(["▲", "▼"]), "method"]))
             rest = (', '.join(same) or 'none') if name_all else str(len(same))
             parts.append(f"at {budget}: ▲ {', '.join(better) or 'none'}; ▼ {', '.join(worse) or 'none'}; "
                          f"not distinguishable: {rest}")
@@ -194,7 +198,8 @@ def verdict_lines(agg: pd.DataFrame, metric_cols: list[str], name_all: bool = Tr
     if not out:
         return []
     return ["**Against random** (per metric and budget: significantly better ▲, significantly worse ▼, or not "
-            "distinguishable from `random` at this board's size):", "", *out, ""]
+            "distinguishable from `random` at this board's size; `(1 seed)`: a row with fewer seeds than `random`, "
+            "whose own seed-to-seed spread is not in its test yet, so its verdict is provisional):", "", *out, ""]
 
 
 def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str],

@@ -86,6 +86,9 @@ def test_leaderboard_marks_planted_harm_and_reports_noise_floor(tmp_path):
         for seed in range(3):
             nll = difficulty + eff + rng.normal(0, 0.02) + rng.normal(0, 0.05, len(items))
             write_cell(tmp_path / "results", protocol.hash, row, 16, seed, nll, items)
+    # a row still being computed: one seed so far
+    write_cell(tmp_path / "results", protocol.hash, "partial", 16, 0, difficulty + 0.3 + rng.normal(0, 0.05, 120),
+               items)
 
     out = build_leaderboard(tmp_path / "results", board, "b", protocol)
     t = out["table"].set_index("method")
@@ -97,5 +100,5 @@ def test_leaderboard_marks_planted_harm_and_reports_noise_floor(tmp_path):
     md = (board / "LEADERBOARD.md").read_text()
     assert "Noise floor" in md and "differences below" in md and "Δr +0.3" in md and "▼" in md
     # the board says in words which rows differ from random and which do not
-    assert "- `ref_likelihood/nll` at 16: ▲ none; ▼ harmful; not distinguishable: neutral" in md
+    assert "- `ref_likelihood/nll` at 16: ▲ none; ▼ harmful, partial (1 seed); not distinguishable: neutral" in md
     assert (board / "comparisons.csv").read_text().count("\n") >= 5
