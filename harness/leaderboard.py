@@ -186,7 +186,10 @@ def verdict_lines(agg: pd.DataFrame, metric_cols: list[str], name_all: bool = Tr
             ref = agg.loc[(agg["method"] == "random") & (agg["budget"] == budget), "seeds"]
             # a row with fewer seeds than random is provisional: its own seed-to-seed spread is not in the test yet
             few = {r.method: int(r.seeds) for r in g.itertuples() if len(ref) and int(r.seeds) < int(ref.iloc[0])}
-            label = lambda m: f"{m} ({few[m]} seed{'s' if few[m] > 1 else ''})" if m in few else m  # noqa: E731
+
+            def label(row: str) -> str:
+                return f"{row} ({few[row]} seed{'s' if few[row] > 1 else ''})" if row in few else row
+
             better = sorted(map(label, g.loc[marks == "▲", "method"]))
             worse = sorted(map(label, g.loc[marks == "▼", "method"]))
             same = sorted(map(label, g.loc[~marks.isin(["▲", "▼"]), "method"]))
