@@ -111,7 +111,7 @@ def compare_board(scores: Scores, direction: dict[str, bool], metrics: list[str]
                 if not shared:
                     continue
                 diff = stats.paired_difference(_matrix(runs, metric, shared), _matrix(scores[key], metric, shared),
-                                               _weights(shared, metric))
+                                               _weights(shared, metric), pool_seeds=True)
                 comps.append(Comparison(row, budget, metric, base, diff))
     by_test: dict[tuple[str, str], list[Comparison]] = defaultdict(list)
     for c in comps:

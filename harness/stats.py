@@ -14,7 +14,10 @@ items. A comparison of method A with baseline B (e.g. ``random``) at one budget 
   of freedom, and a plain percentile interval would cover far less than 95% (simulated in ``tests/test_stats.py``);
   ``p < alpha`` exactly when the interval excludes zero;
 - with one run per side the seed level cannot be resampled and the interval covers item noise only; the board's
-  header says so.
+  header says so. When one side has a single run and the other several (a row still being computed against a
+  3-seed ``random``), ``pool_seeds`` takes the single run's seed variance to be the other side's estimate (the
+  usual equal-variance assumption), with that estimate's degrees of freedom: one seed is then not mistaken for a
+  reproducible effect.
 
 p-values of one metric across the board's methods are corrected with Benjamini-Hochberg (false discovery rate,
 ``scipy.stats.false_discovery_control``).
@@ -80,7 +83,7 @@ def _seed_variance(x: np.ndarray) -> float:
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None, *, n_boot: int = N_BOOT,
-                      alpha: float = ALPHA, seed: int = 0) -> Difference:
+                      alpha: float = ALPHA, seed: int = 0, pool_seeds: bool = False) -> Difference:
     """Difference of means of ``a`` (runs x items) and ``b`` (runs x items, same item order), with a hierarchical
     paired bootstrap interval and p-value. NaN entries are not allowed: pass only items both sides scored.
 
@@ -106,6 +109,12 @@ def paired_difference(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None =
     d = a.mean(axis=0) - b.mean(axis=0)
     parts = [(float(np.var(d, ddof=1)) / n_items if n_items > 1 else 0.0, n_items - 1),
              (_seed_variance(a) / sa, sa - 1), (_seed_variance(b) / sb, sb - 1)]
+    if pool_seeds and min(sa, sb) == 1 < max(sa, sb):  # the single run's seed variance: the other side's
+        many = max(sa, sb)
+        borrowed = _seed_variance(a if sa > 1 else b)
+        # one estimate scaled for both sides: one component with its df, not two "independent" ones
+        parts = [parts[0], (borrowed * (1 / many + 1), many - 1)]
+        se = math.sqrt(se * se + borrowed)
     num = sum(v for v, _ in parts) ** 2
     den = sum(v * v / k for v, k in parts if k > 0 and v > 0)
     df = max(1.0, num / den) if den > 0 else max(1.0, n_items - 1.0)

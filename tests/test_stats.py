@@ -41,6 +41,26 @@ def test_interval_covers_true_difference_and_null_is_rarely_significant(seeds, s
     assert false_pos / reps <= 0.08
 
 
+def test_a_one_seed_row_against_three_seeds_borrows_the_seed_variance():
+    """A row with one seed so far, against a 3-seed baseline, when seeds dominate the noise: without pooling, the
+    single run's seed offset reads as an effect (far above 5% false positives); pooled, the rate stays nominal."""
+    rng = np.random.default_rng(11)
+    reps = 200
+    naive = pooled = covered = 0
+    for r in range(reps):
+        a, b = draw(rng, 3, 150, 0.0, 0.2)
+        a = a[:1]  # the row's first seed only
+        naive += paired_difference(a, b, n_boot=1000, seed=r).p_value < 0.05
+        d = paired_difference(a, b, n_boot=1000, seed=r, pool_seeds=True)
+        pooled += d.p_value < 0.05
+        covered += d.ci_low <= 0.0 <= d.ci_high
+    assert naive / reps > 0.12  # the problem pooling fixes (18% here)
+    assert pooled / reps <= 0.08 and covered / reps >= 0.92
+    # with several runs on both sides, pooling changes nothing
+    a, b = draw(rng, 3, 150, 0.1, 0.2)
+    assert paired_difference(a, b, pool_seeds=True) == paired_difference(a, b)
+
+
 def test_planted_effect_is_found_and_interval_agrees_with_p():
     rng = np.random.default_rng(0)
     a, b = draw(rng, 3, 300, -0.4, 0.05)
