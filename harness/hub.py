@@ -25,8 +25,3 @@ def once(key: str, fetch: Callable[[], T], errors: tuple[type[BaseException], ..
     except errors as e:
         _FAILED[key] = e
         raise
-
-
-def forget() -> None:
-    """Ask the hub again next time (e.g. after the network came back)."""
-    _FAILED.clear()
