@@ -7,6 +7,7 @@ the speed ratio and max |delta| of the losses and of IFD (must be <= 1e-4).
 
     python bench/signals_bench.py                      # SmolLM2-135M-Instruct (GGUF), 64 Alpaca examples
     python bench/signals_bench.py --n 32 --model /path/to/hf_dir --batch-size 16
+    python bench/signals_bench.py --vllm               # also vLLM prompt logprobs (the scoring engine), same pairs
 
 The model is dequantised/cached in the workspace cache (``SELBENCH_CACHE_DIR`` or ``.cache/selbench``); signals go to
 a fresh temporary cache each run, so the batched path really computes.
@@ -65,6 +66,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--vllm", action="store_true", help="also score through vLLM prompt logprobs (start timed apart)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,6 +106,28 @@ def main() -> None:
     print(f"speed ratio naive/batched: {t_naive / t_batched:.2f}x; cached re-read: {t_reuse * 1000:.0f} ms")
     print(f"max |delta| mean loss: {d_loss:.2e}; max |delta| IFD: {d_ifd:.2e}")
     print("PASS" if max(d_loss, d_ifd) <= 1e-4 else "FAIL: difference above 1e-4")
+    if args.vllm:
+        vllm_vs_transformers(handle, pool, args, t_batched, cond_b, direct_b)
+
+
+def vllm_vs_transformers(handle, pool, args, t_batched: float, cond_b, direct_b) -> None:
+    """The same two signals through vLLM's prompt logprobs on one started scoring engine (the refresh's
+    ``shared_engines``), its start timed apart: which engine ``scoring_engine: auto`` should pick here."""
+    from selbench.vllm_engine import shared_engines
+
+    with tempfile.TemporaryDirectory() as tmp, shared_engines(tmp) as engines:
+        sig = SignalCache(ArtifactCache(tmp), handle, batch_size=args.batch_size, max_len=args.max_len,
+                          progress=False, engine="vllm")
+        t0 = time.perf_counter()
+        engines.get_scorer(handle.path, handle.dtype, args.max_len + 1, 0)
+        t_start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cond_v = sig.response_losses(pool, conditioned=True)
+        direct_v = sig.response_losses(pool, conditioned=False)
+        t_vllm = time.perf_counter() - t0
+    d = max(np.nanmax(np.abs(cond_v - cond_b)), np.nanmax(np.abs(direct_v - direct_b)))
+    print(f"vLLM prompt logprobs (engine started in {t_start:.1f}s, not counted): {t_vllm:.1f}s")
+    print(f"speed ratio vLLM/transformers (batched): {t_vllm / t_batched:.2f}x time; max |delta| mean loss {d:.2e}")
 
 
 if __name__ == "__main__":

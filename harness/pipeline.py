@@ -99,7 +99,7 @@ class Board:
         from .signals import SignalCache
 
         return SignalCache(self.cache, self.base_handle, max_len=self.protocol.recipe.max_seq_len,
-                           engine=self.protocol.engine)
+                           engine=self.protocol.scoring_engine)
 
     # -- the matrix -------------------------------------------------------------------------------------------
     def cells(self, rows: Iterable[str] | None = None) -> list[Cell]:
@@ -179,6 +179,10 @@ class Board:
                 inputs["strategy"] = train_strategy()
 
         def train(tmp):
+            if self.device != "cpu":  # the refresh's vLLM engines hold GPU memory that training needs
+                from .vllm_engine import release_shared_engines
+
+                release_shared_engines()
             examples = selection.training_examples(self.pool)
             if procs > 1:
                 return launch_finetune(procs, self.base.path, examples, recipe, seed, tmp, self.dtype, self.device)
@@ -391,7 +395,7 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
             jobs = [(BASE_ROW, lambda: board.run_base(force and not rows))] if include_base else []
             jobs += [(str(cell), lambda cell=cell: board.run_cell(cell, force))  # the pool loads and validates
                      for cell in board.cells(rows)]                             # here, before any expensive work
-            with shared_engines(board.cache.root):  # one vLLM generation engine for all cells, started on first use
+            with shared_engines(board.cache.root):  # vLLM engines started once for all cells, on first use
                 run_local(jobs, on_result)
     finally:
         board.close()

@@ -178,6 +178,13 @@ class Protocol(_Strict):
     # evaluation's info name the engine actually used.
     engine: Literal["auto", "transformers", "vllm"] = Field(
         "auto", description="auto: vLLM when it imports, else transformers; $SELBENCH_ENGINE overrides")
+    # Loss signals (IFD, perplexity, Nuggets, ...) score on their own engine setting. On the CPU vLLM's prompt
+    # logprobs (a log-softmax over the vocabulary at every prompt token) are no faster than the transformers forward
+    # that keeps only the scored positions' logits, and an engine start costs ~37 s more (bench/signals_bench.py
+    # --vllm; docs/benchmarks.md).
+    scoring_engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="loss signals' engine; auto: vLLM on a GPU when it imports, transformers on the CPU; "
+                            "$SELBENCH_SCORING_ENGINE overrides")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description="every stage's device; auto: cuda, then mps, then cpu; $SELBENCH_DEVICE overrides")
     methods: list[MethodEntry] = Field(min_length=1)
@@ -203,7 +210,7 @@ class Protocol(_Strict):
 
     def fixed_part(self) -> dict[str, Any]:
         return {**self.model_dump(mode="json", exclude={"methods", "tracking", "judge", "description", "engine",
-                                                        "device", "second_judge"}),
+                                                        "scoring_engine", "device", "second_judge"}),
                 "recipe": self.recipe.identity(), "judge": self.judge.identity(),
                 **({"second_judge": self.second_judge.identity()} if self.second_judge else {})}
 

@@ -193,7 +193,8 @@ def cached_selection(spec: MethodSpec, pool: Pool, budget: int, ctx: SelectionCo
     """Run the method unless a selection for the same ``inputs`` (:func:`selection_inputs`) is cached; returns the
     selection and its metadata, with its cache key. A method that asks the judge (``uses_judge``) adds the judge's
     identity to the key (:func:`judge_identity`). The key names no engine or device: a selection depends on them
-    only through the signals it reads, which are cached under theirs (like a record, see ``Protocol.engine``)."""
+    only through the signals it reads, which are cached under theirs (like a record, see ``Protocol.engine`` and
+    ``Protocol.scoring_engine``)."""
     ran = []
     if spec.uses_judge:  # the judge's verdict-relevant settings (the protocol's; no judge is started for them)
         inputs = {**inputs, "judge": judge_identity(ctx)}

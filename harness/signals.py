@@ -49,7 +49,7 @@ import numpy as np
 from .cache import ArtifactCache, artifact_key
 from .formatting import encode, prompt_and_response_ids, render
 from .models import BaseModelHandle, resolve_base_model
-from .vllm_engine import engine_device, resolve_engine
+from .vllm_engine import engine_device, resolve_scoring_engine
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class SignalCache:
     def __init__(self, cache: ArtifactCache, base_model: BaseModelHandle | None, *, batch_size: int = 8,
                  max_len: int = 512, progress: bool = True, engine: str = "transformers"):
         self.cache = cache
-        self.engine = engine  # for loss signals: "auto" | "transformers" | "vllm"; the board passes its protocol's
+        self.engine = engine  # "auto" | "transformers" | "vllm": the board passes its protocol's scoring_engine
         self.base_model = base_model
         self.batch_size = batch_size
         self.max_len = max_len
@@ -218,7 +218,7 @@ class SignalCache:
 
     @property
     def resolved_engine(self) -> str:
-        return resolve_engine(self.engine)
+        return resolve_scoring_engine(self.engine, self.device)
 
     def _model_key(self, h: BaseModelHandle) -> dict[str, Any]:
         return {"model": h.identity, "dtype": h.dtype, "chat_template": h.chat_template}
@@ -310,15 +310,16 @@ class SignalCache:
 
     def _vllm_losses(self, h: BaseModelHandle, seqs: list[list[int]], spans: list[tuple[int, int]],
                      out: list[np.ndarray], desc: str) -> list[np.ndarray]:
-        """The same per-token NLL from vLLM's prompt logprobs (one engine for the whole computation)."""
-        from .vllm_engine import VllmEngine, merged_model_dir
+        """The same per-token NLL from vLLM's prompt logprobs (the refresh's scoring engine, else one for this
+        computation)."""
+        from .vllm_engine import acquire_scorer, merged_model_dir
 
         todo = [i for i in range(len(seqs)) if spans[i][1] > spans[i][0]]
         if not todo:
             return out
         log.info("%s: %d sequences through vLLM prompt logprobs", desc, len(todo))
         path = merged_model_dir(h.path, h.adapter, h.dtype, h.identity, self.cache) if h.adapter else h.path
-        with VllmEngine(path, h.dtype, max_model_len=self.max_len + 1, cache_root=self.cache.root) as engine:
+        with acquire_scorer(path, h.dtype, self.max_len + 1, cache_root=self.cache.root) as engine:
             logprobs = engine.prompt_logprobs([seqs[i] for i in todo], use_tqdm=self.progress)
         for i, lp in zip(todo, logprobs):
             s, e = spans[i]

@@ -30,6 +30,10 @@ from .paths import scoped_environ
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "transformers", "vllm")
+# Several engines share one accelerator in a refresh (the generation engine, the scoring engine and a local judge
+# server); vLLM's default would give each 90% of the GPU's memory, so the second to start would fail. Ignored on CPU,
+# where VLLM_CPU_KVCACHE_SPACE sizes each engine.
+GPU_MEMORY_SHARES = {"generation": 0.4, "scoring": 0.2, "judge": 0.3}
 ENGINE_ENV = "SELBENCH_ENGINE"
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
@@ -54,6 +58,24 @@ def resolve_engine(setting: str | None = "auto") -> str:
         return "vllm" if vllm_importable() else "transformers"
     if choice == "vllm" and not vllm_importable():
         raise RuntimeError("engine: vllm, but `import vllm` fails (pip install -e '.[cpu]' or '.[vllm]')")
+    return choice
+
+
+SCORING_ENGINE_ENV = "SELBENCH_SCORING_ENGINE"
+
+
+def resolve_scoring_engine(setting: str | None = "auto", device: str = "cpu") -> str:
+    """The engine of loss signals: ``$SELBENCH_SCORING_ENGINE`` if set, else ``setting``; ``auto`` is vLLM on an
+    accelerator when it imports and transformers on the CPU, where vLLM's full-vocabulary prompt logprobs are the
+    slower of the two (``Protocol.scoring_engine``)."""
+    choice = os.environ.get(SCORING_ENGINE_ENV) or setting or "auto"
+    if choice not in ENGINES:
+        raise ValueError(f"scoring engine must be one of {ENGINES}, got {choice!r} (from ${SCORING_ENGINE_ENV} or "
+                         "the protocol)")
+    if choice == "auto":
+        return "vllm" if device != "cpu" and vllm_importable() else "transformers"
+    if choice == "vllm" and not vllm_importable():
+        raise RuntimeError("scoring_engine: vllm, but `import vllm` fails (pip install -e '.[cpu]' or '.[vllm]')")
     return choice
 
 
@@ -104,6 +126,12 @@ def merged_model_dir(base_path: str, adapter: str, dtype: str, identity: str, ca
                                     device="cpu", form="dir").path)
 
 
+def gpu_memory_share(role: str) -> float:
+    """The share of the GPU's memory that an engine of ``role`` may take (``$SELBENCH_VLLM_GPU_SHARE_<ROLE>``
+    overrides, e.g. a 70B judge alone on its own GPU)."""
+    return float(os.environ.get(f"SELBENCH_VLLM_GPU_SHARE_{role.upper()}", GPU_MEMORY_SHARES[role]))
+
+
 def engine_env(cache_root: Path, tmp: Path) -> dict[str, str]:
     """vLLM's environment on top of the caller's: caches under the selbench cache, socket files in ``tmp``."""
     env = {"VLLM_CACHE_ROOT": str(cache_root / "vllm"), "TMPDIR": str(tmp), "VLLM_RPC_BASE_PATH": str(tmp),
@@ -113,6 +141,10 @@ def engine_env(cache_root: Path, tmp: Path) -> dict[str, str]:
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     # GiB of KV cache on CPU; 2 holds ~45k tokens of SmolLM2-135M in fp32. A user's own setting wins.
     env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
+    # vllm-cpu keeps one core per worker for its scheduler process by default, so on 2 cores the model ran on one
+    # thread. Using every core measured 1.6x the generated tokens/s and 2.1x the prompt-logprob tokens/s here (fp32,
+    # eager, SmolLM2-135M, same greedy text; docs/benchmarks.md). A user's own setting wins.
+    env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     return env
 
 
@@ -120,7 +152,8 @@ class VllmEngine:
     """A started ``vllm.LLM`` on ``model_path``; use as a context manager (or call :meth:`close`)."""
 
     def __init__(self, model_path: str, dtype: str = "float32", max_model_len: int = 2048,
-                 max_lora_rank: int | None = None, cache_root: str | Path | None = None, seed: int = 0):
+                 max_lora_rank: int | None = None, cache_root: str | Path | None = None, seed: int = 0,
+                 role: str = "generation"):
         self.model_path = str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path
         self.max_model_len = max_model_len
         self._stack = contextlib.ExitStack()
@@ -138,9 +171,10 @@ class VllmEngine:
             from .supervise import watch
 
             lora = {"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": 1} if max_lora_rank else {}
+            memory = {} if on_cpu() else {"gpu_memory_utilization": gpu_memory_share(role)}
             before = {p.pid for p in psutil.Process().children()}
             self.llm = LLM(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                           enforce_eager=on_cpu(), **lora)  # compiled graphs never reload from cache on CPU
+                           enforce_eager=on_cpu(), **lora, **memory)  # compiled graphs never reload on CPU
             # vLLM's engine core (and its workers) would outlive a SIGKILLed harness
             watch([p.pid for p in psutil.Process().children() if p.pid not in before])
         except BaseException:
@@ -197,15 +231,34 @@ class VllmEngine:
 
 
 class SharedEngines:
-    """Generation engines kept for a whole refresh: one per (base model, dtype), LoRA enabled, each cell's adapter
-    applied per request. A vLLM start costs ~40 s on CPU, more than a demo cell's generation itself; a refresh
-    enters :func:`shared_engines` once and every :func:`acquire` inside it reuses the started engine (it is
-    restarted only when a call needs a longer context or a higher LoRA rank)."""
+    """Engines kept for a whole refresh. A vLLM start costs ~40 s on CPU, more than a demo cell's generation or a
+    small pool's scoring itself; a refresh enters :func:`shared_engines` once and every :func:`acquire` or
+    :func:`acquire_scorer` inside it reuses a started engine.
+
+    - Generation: one per (base model, dtype), LoRA enabled, each cell's adapter applied per request; restarted only
+      when a call needs a longer context or a higher LoRA rank.
+    - Scoring (prompt logprobs, no LoRA: see the module docstring): one at a time, restarted when a call scores
+      another model (a proxy, a merged adapter) or needs a longer context."""
 
     def __init__(self, cache_root: str | Path | None):
         self.cache_root = cache_root
         self.engines: dict[tuple[str, str], VllmEngine] = {}
         self.ranks: dict[tuple[str, str], int] = {}
+        self.scorer: VllmEngine | None = None
+        self.scorer_key: tuple[str, str] | None = None
+
+    def get_scorer(self, model_path: str, dtype: str, max_model_len: int, seed: int) -> VllmEngine:
+        key = (str(model_path), dtype)
+        if self.scorer is not None and (self.scorer_key != key or self.scorer.max_model_len < max_model_len):
+            self.scorer.close()
+            self.scorer = None
+        if self.scorer is None:
+            # room for the longer contexts of later calls, so that one start serves the whole refresh
+            length = max(max_model_len, min(model_max_len(model_path) or max_model_len, 2048))
+            self.scorer = VllmEngine(model_path, dtype, max_model_len=length, cache_root=self.cache_root, seed=seed,
+                                     role="scoring")
+            self.scorer_key = key
+        return self.scorer
 
     def get(self, model_path: str, dtype: str, max_model_len: int, rank: int | None, seed: int) -> VllmEngine:
         key = (str(model_path), dtype)
@@ -226,8 +279,12 @@ class SharedEngines:
         return eng
 
     def close(self) -> None:
+        """Shut every engine down (a later call starts it again)."""
         while self.engines:
             self.engines.popitem()[1].close()
+        if self.scorer is not None:
+            self.scorer.close()
+            self.scorer = self.scorer_key = None
 
 
 _SHARED: SharedEngines | None = None
@@ -244,6 +301,24 @@ def shared_engines(cache_root: str | Path | None):
         if outer is None:
             _SHARED.close()
         _SHARED = outer
+
+
+def release_shared_engines() -> None:
+    """Free the refresh's engines now, e.g. the GPU's memory before training; they start again when next used."""
+    if _SHARED is not None:
+        _SHARED.close()
+
+
+@contextlib.contextmanager
+def acquire_scorer(model_path: str, dtype: str, max_model_len: int, cache_root=None, seed: int = 0):
+    """A scoring engine (prompt logprobs) for ``model_path``: the refresh's shared one inside
+    :func:`shared_engines`, else one started for this call and closed after it."""
+    if _SHARED is not None:
+        yield _SHARED.get_scorer(model_path, dtype, max_model_len, seed)
+        return
+    with VllmEngine(model_path, dtype, max_model_len=max_model_len, cache_root=cache_root, seed=seed,
+                    role="scoring") as eng:
+        yield eng
 
 
 @contextlib.contextmanager

@@ -50,3 +50,29 @@ def test_board_puts_every_stage_on_its_device(tmp_path, tiny_model_dir, monkeypa
     selection, _ = board.select(cell)
     model, report = board.train(selection, cell.seed)
     assert model.device == board.device and report["device"] == board.device
+
+
+def test_scoring_engine_auto_is_transformers_on_the_cpu(monkeypatch):
+    """Loss signals resolve their own engine: ``auto`` scores on transformers on the CPU (vLLM's full-vocabulary
+    prompt logprobs are the slower there) and on vLLM on an accelerator; the setting and its variable are outside
+    the protocol's hash, and the generation engine's variable does not move it."""
+    from selbench import vllm_engine
+
+    monkeypatch.delenv("SELBENCH_SCORING_ENGINE", raising=False)
+    monkeypatch.setenv("SELBENCH_ENGINE", "vllm")
+    assert vllm_engine.resolve_scoring_engine("auto", "cpu") == "transformers"
+    monkeypatch.setattr(vllm_engine, "vllm_importable", lambda: True)
+    assert vllm_engine.resolve_scoring_engine("auto", "cuda") == "vllm"
+    assert vllm_engine.resolve_scoring_engine("vllm", "cpu") == "vllm"
+    monkeypatch.setenv("SELBENCH_SCORING_ENGINE", "transformers")
+    assert vllm_engine.resolve_scoring_engine("vllm", "cuda") == "transformers"
+    monkeypatch.setenv("SELBENCH_SCORING_ENGINE", "onnx")
+    with pytest.raises(ValueError, match="scoring engine must be one of"):
+        vllm_engine.resolve_scoring_engine("auto", "cpu")
+    monkeypatch.setattr(vllm_engine, "vllm_importable", lambda: False)
+    monkeypatch.setenv("SELBENCH_SCORING_ENGINE", "vllm")
+    with pytest.raises(RuntimeError, match="import vllm"):
+        vllm_engine.resolve_scoring_engine("auto", "cuda")
+    base = {"name": "b", "base_model": {"path": "m"}, "pool": {"path": "p.json"}, "budgets": [4],
+            "methods": [{"name": "random"}]}
+    assert len({Protocol.model_validate({**base, "scoring_engine": e}).hash for e in ("auto", "vllm")}) == 1

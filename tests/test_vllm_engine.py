@@ -205,6 +205,45 @@ def test_prompt_logprobs_match_transformers_forward(smollm2_dir, plain_engine, a
     assert len(vl.computed) == 2 and not vl.reused  # the engine is part of the signal key
 
 
+def test_a_refresh_shares_one_scoring_engine(smollm2_dir, plain_engine, vllm_cache, tmp_path):
+    """Inside ``shared_engines`` every loss signal of one model is scored on one started engine (no LoRA) with the
+    same numbers as an engine of its own; scoring another model restarts it; the block's end closes it."""
+    starts, closes = [], []
+
+    class Started:  # the module's started plain engine, standing in for a fresh start
+        def __init__(self, path, dtype, max_model_len, cache_root=None, seed=0, max_lora_rank=None, role=""):
+            starts.append((path, max_model_len, max_lora_rank, role))
+            self.max_model_len = max_model_len
+
+        def prompt_logprobs(self, *a, **k):
+            return plain_engine.prompt_logprobs(*a, **k)
+
+        def close(self):
+            closes.append(1)
+
+    other = tmp_path / "same-weights-elsewhere"
+    other.symlink_to(smollm2_dir)
+    pairs = [([1, 9690, 198, 11525, 47, 2], [504, 3458, 314, 4649, 42, 2]), ([1, 9690, 198], [504, 3458, 2])]
+    expected = SignalCache(ArtifactCache(tmp_path / "own"), BaseModelHandle(ResolvedModel(str(smollm2_dir), "smol",
+                           "smol")), progress=False, engine="transformers").pair_token_losses(pairs)
+    handles = [BaseModelHandle(ResolvedModel(str(p), n, n)) for p, n in ((smollm2_dir, "smol"), (other, "other"))]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(vllm_engine, "VllmEngine", Started)
+    try:
+        with vllm_engine.shared_engines(vllm_cache):
+            sig = SignalCache(ArtifactCache(tmp_path / "shared"), handles[0], progress=False, engine="vllm")
+            got = [sig.pair_token_losses(pairs[:k], name=f"first {k}") for k in (1, 2)]
+            assert len(starts) == 1 and not closes and len(sig.computed) == 2  # two signals, one start
+            sig.pair_token_losses(pairs, model=handles[1])
+            assert len(starts) == 2 and closes == [1]
+        assert closes == [1, 1]
+    finally:
+        mp.undo()
+    assert starts[0][0] == str(smollm2_dir) and starts[1][0] == str(other)
+    assert {s[2] for s in starts} == {None} and {s[3] for s in starts} == {"scoring"}
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip([got[0][0], *got[1]], [expected[0], *expected])) < 1e-3
+
+
 
 def test_merged_adapter_scores_like_peft(smollm2_dir, adapter, tmp_path):
     """vLLM scores a fine-tuned model on the adapter merged into a copy: that copy scores like base + peft."""

