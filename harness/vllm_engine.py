@@ -48,16 +48,21 @@ def vllm_importable() -> bool:
     return True
 
 
+def _checked_choice(choice: str, field: str, env: str) -> str:
+    """``choice`` (from ``$env`` or the protocol's ``field``) when valid; ``vllm`` only when it imports."""
+    if choice not in ENGINES:
+        raise ValueError(f"{field} must be one of {ENGINES}, got {choice!r} (from ${env} or the protocol)")
+    if choice == "vllm" and not vllm_importable():
+        raise RuntimeError(f"{field}: vllm, but `import vllm` fails (pip install -e '.[cpu]' or '.[vllm]')")
+    return choice
+
+
 def resolve_engine(setting: str | None = "auto") -> str:
     """``transformers`` or ``vllm``: ``$SELBENCH_ENGINE`` if set, else ``setting``; ``auto`` picks vLLM when it
     imports."""
-    choice = os.environ.get(ENGINE_ENV) or setting or "auto"
-    if choice not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {choice!r} (from ${ENGINE_ENV} or the protocol)")
+    choice = _checked_choice(os.environ.get(ENGINE_ENV) or setting or "auto", "engine", ENGINE_ENV)
     if choice == "auto":
         return "vllm" if vllm_importable() else "transformers"
-    if choice == "vllm" and not vllm_importable():
-        raise RuntimeError("engine: vllm, but `import vllm` fails (pip install -e '.[cpu]' or '.[vllm]')")
     return choice
 
 
@@ -68,14 +73,10 @@ def resolve_scoring_engine(setting: str | None = "auto", device: str = "cpu") ->
     """The engine of loss signals: ``$SELBENCH_SCORING_ENGINE`` if set, else ``setting``; ``auto`` is vLLM on an
     accelerator when it imports and transformers on the CPU, where vLLM's full-vocabulary prompt logprobs are the
     slower of the two (``Protocol.scoring_engine``)."""
-    choice = os.environ.get(SCORING_ENGINE_ENV) or setting or "auto"
-    if choice not in ENGINES:
-        raise ValueError(f"scoring engine must be one of {ENGINES}, got {choice!r} (from ${SCORING_ENGINE_ENV} or "
-                         "the protocol)")
+    choice = _checked_choice(os.environ.get(SCORING_ENGINE_ENV) or setting or "auto", "scoring_engine",
+                             SCORING_ENGINE_ENV)
     if choice == "auto":
         return "vllm" if device != "cpu" and vllm_importable() else "transformers"
-    if choice == "vllm" and not vllm_importable():
-        raise RuntimeError("scoring_engine: vllm, but `import vllm` fails (pip install -e '.[cpu]' or '.[vllm]')")
     return choice
 
 

@@ -67,7 +67,7 @@ def test_scoring_engine_auto_is_transformers_on_the_cpu(monkeypatch):
     monkeypatch.setenv("SELBENCH_SCORING_ENGINE", "transformers")
     assert vllm_engine.resolve_scoring_engine("vllm", "cuda") == "transformers"
     monkeypatch.setenv("SELBENCH_SCORING_ENGINE", "onnx")
-    with pytest.raises(ValueError, match="scoring engine must be one of"):
+    with pytest.raises(ValueError, match="scoring_engine must be one of"):
         vllm_engine.resolve_scoring_engine("auto", "cpu")
     monkeypatch.setattr(vllm_engine, "vllm_importable", lambda: False)
     monkeypatch.setenv("SELBENCH_SCORING_ENGINE", "vllm")
