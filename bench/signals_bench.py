@@ -8,6 +8,8 @@ the speed ratio and max |delta| of the losses and of IFD (must be <= 1e-4).
     python bench/signals_bench.py                      # SmolLM2-135M-Instruct (GGUF), 64 Alpaca examples
     python bench/signals_bench.py --n 32 --model /path/to/hf_dir --batch-size 16
     python bench/signals_bench.py --vllm               # also vLLM prompt logprobs (the scoring engine), same pairs
+    python bench/signals_bench.py --nuggets 8          # also Nuggets' one-shot sequences (n demos x 8 anchors):
+                                                       # shared-prefix batches vs whole-sequence batches
 
 The model is dequantised/cached in the workspace cache (``SELBENCH_CACHE_DIR`` or ``.cache/selbench``); signals go to
 a fresh temporary cache each run, so the batched path really computes.
@@ -67,6 +69,8 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=512)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--vllm", action="store_true", help="also score through vLLM prompt logprobs (start timed apart)")
+    ap.add_argument("--nuggets", type=int, default=0, metavar="ANCHORS",
+                    help="also score n x ANCHORS one-shot sequences with and without shared-prefix batches")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,6 +112,34 @@ def main() -> None:
     print("PASS" if max(d_loss, d_ifd) <= 1e-4 else "FAIL: difference above 1e-4")
     if args.vllm:
         vllm_vs_transformers(handle, pool, args, t_batched, cond_b, direct_b)
+    if args.nuggets:
+        shared_prefix_vs_whole(handle, pool, args)
+
+
+def shared_prefix_vs_whole(handle, pool, args) -> None:
+    """Nuggets' one-shot pairs (every example as the demonstration before each of the first ``--nuggets`` examples
+    as anchors): length-sorted whole-sequence batches vs batches that run each shared demonstration once."""
+    from selbench.methods.nuggets import _turns
+    from selbench.signals import conversation_pair
+
+    tok, ex = handle.tokenizer, pool.examples
+    anchors = ex[: args.nuggets]
+    pairs = [conversation_pair(tok, _turns(d) + _turns(a)) for d in ex for a in anchors]
+    times, losses = {}, {}
+    for share in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            sig = SignalCache(ArtifactCache(tmp), handle, batch_size=args.batch_size, max_len=args.max_len,
+                              share_prefixes=share)
+            t0 = time.perf_counter()
+            losses[share] = sig.pair_token_losses(pairs, truncation="left", name=f"one-shot (shared={share})")
+            times[share] = time.perf_counter() - t0
+    tokens = sum(len(c) + len(t) for c, t in pairs)
+    delta = max(float(np.max(np.abs(a - b))) for a, b in zip(losses[False], losses[True]) if len(a))
+    print(f"Nuggets one-shot: {len(pairs)} sequences ({len(ex)} demos x {len(anchors)} anchors), {tokens} tokens")
+    print(f"whole sequences (length-sorted batches): {times[False]:.1f}s")
+    print(f"shared-prefix batches:                  {times[True]:.1f}s")
+    print(f"speed ratio whole/shared: {times[False] / times[True]:.2f}x; max |delta| token loss: {delta:.2e}")
+    print("PASS" if delta <= 1e-4 else "FAIL: difference above 1e-4")
 
 
 def vllm_vs_transformers(handle, pool, args, t_batched: float, cond_b, direct_b) -> None:

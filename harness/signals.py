@@ -9,7 +9,10 @@ the cell record which signals were computed and which were reused.
 
 Loss computation: length-sorted batches (longest first), right padding with an attention mask, logits only at
 the scored positions (``logits_to_keep``), fp32 cross-entropy per token. It equals a one-example-per-forward
-``model(input_ids, labels=...)`` loss to ~1e-6 in fp32 (tested to 1e-4).
+``model(input_ids, labels=...)`` loss to ~1e-6 in fp32 (tested to 1e-4). Sequences that share a long token prefix
+(Nuggets scores every anchor after the same one-shot demonstration) are batched together instead: the prefix runs
+once, its key/value cache is repeated over each batch of suffixes, and only the suffixes are forwarded
+(:func:`prefix_groups`, :func:`suffix_batches`); the losses are the same to fp32 rounding.
 
 Templates for the prompt/response split (``template``):
 
@@ -37,6 +40,7 @@ token: the loss is NaN (Cherry skips such examples).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import logging
@@ -128,6 +132,56 @@ def _right_padded(seqs: Sequence[Sequence[int]], pad: int):
     return ids, mask
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def prefix_groups(seqs: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]], todo: Sequence[int],
+                  min_shared: int = 32) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """Groups of sequences that share a prefix worth running once, ``[(shared_len, indices)]``, and the indices
+    left over. Sequences are ordered lexicographically so that shared prefixes sit next to each other; a group grows
+    while its common prefix stays at least ``min_shared`` tokens and half of every member's context (so a group of
+    one-shot prompts with the same demonstration does not grow into a group that shares only a system prompt). The
+    shared part ends before every member's first scored prediction (``start - 1``)."""
+    order = sorted(todo, key=lambda i: list(seqs[i]))
+    groups: list[tuple[int, list[int]]] = []
+    rest: list[int] = []
+    k = 0
+    while k < len(order):
+        group, shared, widest = [order[k]], spans[order[k]][0] - 1, spans[order[k]][0] - 1
+        while k + len(group) < len(order):
+            j = order[k + len(group)]
+            cand = min(shared, _common_prefix(seqs[group[-1]], seqs[j]), spans[j][0] - 1)
+            if cand < min_shared or 2 * cand < max(widest, spans[j][0] - 1):
+                break
+            group.append(j)
+            shared, widest = cand, max(widest, spans[j][0] - 1)
+        if len(group) > 1:
+            groups.append((shared, group))
+        else:
+            rest.append(group[0])
+        k += len(group)
+    return groups, rest
+
+
+def suffix_batches(members: Sequence[int], width: Callable[[int], int], batch_size: int,
+                   max_padding: float = 0.2) -> list[list[int]]:
+    """Longest first, at most ``batch_size`` each, a batch closed before padding would exceed ``max_padding`` of
+    its tokens (the members of one prefix group can differ widely in length)."""
+    batches: list[list[int]] = []
+    for i in sorted(members, key=lambda i: -width(i)):
+        b = batches[-1] if batches else None
+        if b and len(b) < batch_size and width(b[0]) * (len(b) + 1) * (1 - max_padding) <= sum(map(width, b)) + width(i):
+            b.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def _ids_digest(pairs: Sequence[Pair]) -> str:
     h = hashlib.sha256()
     for ctx, tgt in pairs:
@@ -140,8 +194,10 @@ def _ids_digest(pairs: Sequence[Pair]) -> str:
 
 class SignalCache:
     def __init__(self, cache: ArtifactCache, base_model: BaseModelHandle | None, *, batch_size: int = 8,
-                 max_len: int = 512, progress: bool = True, engine: str = "transformers"):
+                 max_len: int = 512, progress: bool = True, engine: str = "transformers",
+                 share_prefixes: bool = True):
         self.cache = cache
+        self.share_prefixes = share_prefixes  # False: every batch forwards whole sequences (the benchmark's reference)
         self.engine = engine  # "auto" | "transformers" | "vllm": the board passes its protocol's scoring_engine
         self.base_model = base_model
         self.batch_size = batch_size
@@ -285,24 +341,44 @@ class SignalCache:
 
         model, tok = h.model, h.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        order = sorted((i for i in range(len(seqs)) if spans[i][1] > spans[i][0]), key=lambda i: -len(seqs[i]))
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        use_keep = True
-        for batch in self._bar(batches, desc=desc):
-            ids, mask = _right_padded([seqs[i] for i in batch], pad)
-            lo = min(spans[i][0] for i in batch) - 1
-            hi = max(spans[i][1] for i in batch) - 1
+        todo = [i for i in range(len(seqs)) if spans[i][1] > spans[i][0]]
+        groups, rest = prefix_groups(seqs, spans, todo) if self.share_prefixes else ([], todo)
+        order = sorted(rest, key=lambda i: -len(seqs[i]))
+        batches = [(n, g, b) for g, (n, members) in enumerate(groups)
+                   for b in suffix_batches(members, lambda i, n=n: len(seqs[i]) - n, self.batch_size)]
+        batches += [(0, None, order[i:i + self.batch_size]) for i in range(0, len(order), self.batch_size)]
+        use_keep, prefix_cache = True, (None, None)
+        for n_shared, group, batch in self._bar(batches, desc=desc):
+            ids, mask = _right_padded([seqs[i][n_shared:] for i in batch], pad)
+            lo = min(spans[i][0] for i in batch) - 1 - n_shared  # logits kept: suffix positions lo..hi-1
+            hi = max(spans[i][1] for i in batch) - 1 - n_shared
+            kw: dict[str, Any] = {}
             with torch.inference_mode():
+                if n_shared:  # the group's prefix runs once; a copy of its key/value cache serves each batch
+                    if prefix_cache[0] != group:
+                        prefix = torch.tensor([seqs[batch[0]][:n_shared]], device=h.device)
+                        try:
+                            cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
+                        except TypeError:
+                            cache = model(input_ids=prefix, use_cache=True).past_key_values
+                        prefix_cache = (group, cache)
+                    cache = copy.deepcopy(prefix_cache[1])
+                    cache.batch_repeat_interleave(len(batch))
+                    kw = {"past_key_values": cache, "use_cache": True,
+                          "position_ids": torch.arange(n_shared, n_shared + ids.shape[1],
+                                                       device=h.device).expand(len(batch), -1)}
+                    mask = torch.cat([torch.ones(len(batch), n_shared, dtype=mask.dtype), mask], dim=1)
                 if use_keep:
                     try:
                         logits = model(input_ids=ids.to(h.device), attention_mask=mask.to(h.device),
-                                       logits_to_keep=torch.arange(lo, hi, device=h.device)).logits
+                                       logits_to_keep=torch.arange(lo, hi, device=h.device), **kw).logits
                     except TypeError:
                         use_keep = False
                 if not use_keep:
-                    logits = model(input_ids=ids.to(h.device), attention_mask=mask.to(h.device)).logits[:, lo:hi]
+                    logits = model(input_ids=ids.to(h.device), attention_mask=mask.to(h.device),
+                                   **kw).logits[:, lo:hi]
                 for j, i in enumerate(batch):
-                    s, e = spans[i]
+                    s, e = spans[i][0] - n_shared, spans[i][1] - n_shared
                     rows = logits[j, s - 1 - lo: e - 1 - lo].float()
                     nll = F.cross_entropy(rows, ids[j, s:e].to(rows.device), reduction="none")
                     out[i] = nll.cpu().numpy().astype(np.float32)

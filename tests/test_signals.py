@@ -153,3 +153,35 @@ def test_sentence_embeddings_offline_and_cached(tmp_path, handle):
     sig2 = SignalCache(cache, handle, progress=False)
     np.testing.assert_array_equal(sig2.sentence_embeddings(pool), emb)
     assert sig2.report() == {"computed": [], "reused": sig.report()["computed"]}
+
+
+def test_shared_prefix_batches_score_the_same_losses(tmp_path, handle):
+    """Nuggets' one-shot sequences: every anchor after the same demonstration. Batches that share a prefix run it
+    once and forward only the suffixes; each loss equals the plain one-sequence loss."""
+    from selbench.methods.nuggets import _turns
+    from selbench.signals import conversation_pair, prefix_groups, suffix_batches
+
+    pool = make_pool(8)
+    ex = [e for i, e in enumerate(pool.examples) if i not in (2, 5)]
+    tok, model = handle.tokenizer, handle.model
+    demos, anchors = ex[:3], ex[3:6]
+    pairs = [conversation_pair(tok, _turns(d) + _turns(a)) for d in demos for a in anchors]
+    sig = SignalCache(ArtifactCache(tmp_path), handle, batch_size=4, max_len=512, progress=False)
+    seqs = [list(c) + list(t) for c, t in pairs]
+    spans = [(len(c), len(c) + len(t)) for c, t in pairs]
+    groups, rest = prefix_groups(seqs, spans, range(len(seqs)))
+    assert sorted(len(g) for _, g in groups) == [3, 3, 3] and rest == []  # one group per demonstration
+    for n_shared, group in groups:
+        assert n_shared >= 32 and all(seqs[i][:n_shared] == seqs[group[0]][:n_shared] for i in group)
+        assert n_shared < min(spans[i][0] for i in group)
+    widths = {0: 100, 1: 95, 2: 90, 3: 30, 4: 28, 5: 10}
+    assert suffix_batches(range(6), widths.get, 4) == [[0, 1, 2], [3, 4], [5]]  # padding stays under 20%
+    assert suffix_batches(range(6), widths.get, 2) == [[0, 1], [2], [3, 4], [5]]
+    losses = sig.pair_token_losses(pairs, truncation="left", name="one-shot")
+    for (c, t), got in zip(pairs, losses):
+        assert len(got) == len(t)
+        assert float(got.mean()) == pytest.approx(ref_loss(model, c, t, 512), abs=1e-4)
+    # unrelated prompts share only the template's header: plain length-sorted batches
+    plain = [prompt_and_response_ids(tok, e.prompt, e.output) for e in ex]
+    seqs = [list(c) + list(t) for c, t in plain]
+    assert prefix_groups(seqs, [(len(c), len(c) + len(t)) for c, t in plain], range(len(plain)))[0] == []
