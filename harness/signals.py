@@ -145,8 +145,9 @@ def prefix_groups(seqs: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]
     """Groups of sequences that share a prefix worth running once, ``[(shared_len, indices)]``, and the indices
     left over. Sequences are ordered lexicographically so that shared prefixes sit next to each other; a group grows
     while its common prefix stays at least ``min_shared`` tokens and half of every member's context (so a group of
-    one-shot prompts with the same demonstration does not grow into a group that shares only a system prompt). The
-    shared part ends before every member's first scored prediction (``start - 1``)."""
+    one-shot prompts with the same demonstration does not grow into a group that shares only a system prompt). A
+    group is kept when running its prefix once saves at least a third of its tokens. The shared part ends before
+    every member's first scored prediction (``start - 1``)."""
     order = sorted(todo, key=lambda i: list(seqs[i]))
     groups: list[tuple[int, list[int]]] = []
     rest: list[int] = []
@@ -160,10 +161,10 @@ def prefix_groups(seqs: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]
                 break
             group.append(j)
             shared, widest = cand, max(widest, spans[j][0] - 1)
-        if len(group) > 1:
+        if len(group) > 1 and 3 * (len(group) - 1) * shared >= sum(len(seqs[i]) for i in group):
             groups.append((shared, group))
-        else:
-            rest.append(group[0])
+        else:  # too little shared to pay for the extra, smaller forwards
+            rest.extend(group)
         k += len(group)
     return groups, rest
 
