@@ -170,6 +170,15 @@ def plan_cmd(board: str = typer.Option(..., "--board"), root: Optional[Path] = R
     except (ProtocolError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(format_plan(p), markup=False, highlight=False, soft_wrap=True)
+    try:  # where a resumed refresh stands: committed records are its resume points
+        from .pipeline import Board
+
+        todo, base = Board(Workspace.at(root), board).pending()
+    except (ProtocolError, ValueError, FileNotFoundError, OSError):
+        return
+    console.print(f"  records   {p.cells - len(todo)} of {p.cells} cells current, base model "
+                  f"{'current' if base else 'to run'}; a refresh runs {len(todo)} cell(s)"
+                  f"{'' if base else ' and the base model'}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -129,6 +129,12 @@ class Board:
     def cell_path(self, cell: Cell):
         return record_path(self.ws.results, self.name, cell.row, cell.budget, cell.seed)
 
+    def pending(self) -> tuple[list[Cell], bool]:
+        """The cells a refresh would run (no current record), and whether the base model's record is current."""
+        todo = [c for c in self.cells() if not is_current(self.cell_path(c), stable_hash(self.cell_inputs(c)))]
+        base = is_current(record_path(self.ws.results, self.name, BASE_ROW, None, 0), stable_hash(self.base_inputs()))
+        return todo, base
+
     def base_inputs(self) -> dict[str, Any]:
         return {"protocol": self.protocol.hash, "row": BASE_ROW, "evaluators": self.evaluator_versions}
 

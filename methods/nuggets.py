@@ -20,8 +20,7 @@ Differences from the reference, on purpose:
   random_state=seed, n_init=10)`` centroids over all-MiniLM-L6-v2 sentence embeddings (the reference embeds with the
   base LLaMA, mean-pooled with padding). Anchors are also candidates, as in the reference.
 * Count: exactly ``budget`` by golden score (the reference thresholds at 0.5..0.9); ties broken by the mean
-  log-likelihood gain over anchors, then pool order. Cost: ``len(pool) * anchors`` sequences; each demonstration
-  runs once and its anchors are forwarded after its key/value cache (the signal cache's shared-prefix batches).
+  log-likelihood gain over anchors, then pool order. Cost: ``len(pool) * anchors`` forwards, batched.
 
 ``scores``: the golden score (share of anchors improved, 0..1).
 """

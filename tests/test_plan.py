@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -43,5 +44,23 @@ def test_pool_measured_when_it_loads_and_cli(tmp_path, tiny_model_dir):
     assert p.cells == 2 and "60 trainable examples" in " ".join(p.notes) and p.judge_calls == 0
     r = CliRunner().invoke(app, ["plan", "--board", "tiny", "--root", str(ws.root)])
     assert r.exit_code == 0 and "GPU-h" in r.output and "2 cells" in r.output
+    assert "0 of 2 cells current, base model to run; a refresh runs 2 cell(s) and the base model" in r.output
+
+    from selbench.pipeline import Board
+    from selbench.record import BASE_ROW, record_path
+    from selbench.cache import stable_hash
+
+    board = Board(ws, "tiny")  # a current record (the right inputs hash) is a resume point; a stale one is not
+    done, stale = board.cells()
+    board.cell_path(done).parent.mkdir(parents=True)
+    board.cell_path(done).write_text(json.dumps({"inputs_hash": stable_hash(board.cell_inputs(done))}))
+    board.cell_path(stale).parent.mkdir(parents=True, exist_ok=True)
+    board.cell_path(stale).write_text(json.dumps({"inputs_hash": "0" * 16}))
+    base = record_path(ws.results, "tiny", BASE_ROW, None, 0)
+    base.parent.mkdir(parents=True)
+    base.write_text(json.dumps({"inputs_hash": stable_hash(board.base_inputs())}))
+    assert board.pending() == ([stale], True)
+    r = CliRunner().invoke(app, ["plan", "--board", "tiny", "--root", str(ws.root)])
+    assert "1 of 2 cells current, base model current; a refresh runs 1 cell(s)" in r.output
     r = CliRunner().invoke(app, ["plan", "--board", "cherry-7b", "--root", str(REPO)], env={"HF_HUB_OFFLINE": "1"})
     assert r.exit_code == 2 and "--pool-size" in r.output
