@@ -9,7 +9,8 @@ answer), AlpacaEval prompts ``[[2]]``; prompts containing one of ``garbage_if`` 
 Rules for the selection methods' prompts (methods/alpagasus.py, instag.py, deita.py), each keyed by a sentence of
 that prompt and deterministic in the prompt's text: an AlpaGasus rating gets ``alpagasus_score(text)`` on the first
 line; an InsTag query gets a JSON list of ``instag_tags(query)``; a DEITA prompt gets its most likely digit and, when
-the request asks for ``logprobs``, the ``top_logprobs`` of ``deita_top_logprobs(text)`` (OpenAI's format).
+the request asks for ``logprobs``, the ``top_logprobs`` of ``deita_top_logprobs(text)`` (OpenAI's format);
+alpaca_eval's weighted annotator prompt likewise gets ``weighted_ae_top_logprobs(text)``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ GARBAGE = "I would rather not say which one is better."
 ALPAGASUS_MARK = "Give it a score from 0 to 5"
 INSTAG_MARK = "Answer with a JSON list of strings only"
 DEITA_MARK = "Answer with one digit from 1 to 6."
+WEIGHTED_AE_MARK = "## Best Model Identifier"  # alpaca_eval's weighted (logprob) annotator template
+
+
+def weighted_ae_top_logprobs(text: str) -> list[tuple[str, float]]:
+    """alpaca_eval's weighted annotator: ``M`` (the second output) with a probability set by the prompt's length,
+    ``m`` with the rest (a little under it: a distractor shares the mass), most likely first."""
+    p_second = 0.1 + 0.8 * (len(text) % 97) / 96
+    top = {"M": math.log(p_second * 0.95), "m": math.log((1 - p_second) * 0.95), "The": math.log(0.05)}
+    return sorted(top.items(), key=lambda t: -t[1])
 
 
 def alpagasus_score(text: str) -> float:
@@ -109,8 +119,10 @@ class FakeJudge:
                 text = GARBAGE if fault == "garbage" else judge.reply(body.get("messages", []))
                 choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
                 prompt = "\n".join(m.get("content", "") for m in body.get("messages", []))
-                if body.get("logprobs") and fault is None and DEITA_MARK in prompt:
-                    top = deita_top_logprobs(prompt)[: body.get("top_logprobs") or 1]
+                scorer = deita_top_logprobs if DEITA_MARK in prompt else \
+                    weighted_ae_top_logprobs if WEIGHTED_AE_MARK in prompt else None
+                if body.get("logprobs") and fault is None and scorer is not None:
+                    top = scorer(prompt)[: body.get("top_logprobs") or 1]
                     choice["logprobs"] = {"content": [{"token": text, "logprob": top[0][1], "bytes": None,
                                                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": None}
                                                                         for t, lp in top]}]}
@@ -132,6 +144,8 @@ class FakeJudge:
             return json.dumps(instag_tags(text.split("Query:\n", 1)[-1]))
         if DEITA_MARK in text:
             return max(deita_top_logprobs(text), key=lambda t: t[1])[0].strip()
+        if WEIGHTED_AE_MARK in text:
+            return weighted_ae_top_logprobs(text)[0][0]
         if "[[rating]]" in text:
             return f"The answer is weak. Rating: [[{1 + len(text) % 10}]]"
         if "[[C]]" in text:

@@ -99,3 +99,33 @@ def test_alpaca_eval(setup):
     assert again.metrics["win_rate"].value == r.metrics["win_rate"].value
     # and the judgment cache holds every verdict it might ask for again: the judge gets no new request
     assert len(setup.fake.requests) == n_requests and again.counts["judge/calls"] == 0
+
+
+def test_alpaca_eval_weighted_by_logprobs(setup):
+    """verdict: logprobs is alpaca_eval's own weighted annotator: its template and logprob parser, the preference
+    2 - P(m) / (P(m) + P(M)) from the judge's first-token top-5 logprobs (a number, not a 1/2 vote)."""
+    from selbench.judge.alpaca_eval import model_shown_first, weighted_annotator
+
+    ev = setup.evaluators["alpaca_eval"]
+    spec = {"reference": "text_davinci_003", "max_instances": 4, "max_new_tokens": 8, "verdict": "logprobs"}
+    r = ev.fn(setup.model, spec, setup.ctx)
+    assert r.info["verdict"] == "logprobs" and r.info["verdict_constraint"] is None
+    assert r.counts["annotated"] == 4 and r.counts["errors"] == 0
+    official = weighted_annotator()
+    assert official["completion_parser_kwargs"]["numerator_token"] == "m" and "m or M" in official["template"]
+    asked = [q for q in setup.fake.requests if "## Best Model Identifier" in str(q.get("messages"))]
+    assert asked and all(q["max_tokens"] == 1 and q["top_logprobs"] == 5 for q in asked)
+    for d in r.details:  # each item's judgment keeps the judge's logprobs; the preference is computed from them
+        top = {t["token"]: t["logprob"] for t in d["judgment"]["logprobs"]["content"][0]["top_logprobs"]}
+        assert set(top) == {"m", "M", "The"}
+        p_m = math.exp(top["m"]) / (math.exp(top["m"]) + math.exp(top["M"]))
+        # alpaca_eval shows the model first ("m") on some instructions; its preference is for the model's side
+        want = 1 + p_m if model_shown_first(d["instruction"]) else 2 - p_m
+        assert d["preference"] == pytest.approx(want, abs=1e-6) and 1 < d["preference"] < 2
+    assert r.metrics["win_rate"].value == pytest.approx(
+        100 * sum(d["preference"] - 1 for d in r.details) / 4, abs=1e-6)
+    assert {model_shown_first(d["instruction"]) for d in r.details} == {True, False}  # both orders occur
+    calls = setup.client.ledger.calls
+    again = ev.fn(setup.model, spec, setup.ctx)  # alpaca_eval's annotation cache and the judgment cache
+    assert setup.client.ledger.calls == calls
+    assert again.metrics["win_rate"].value == pytest.approx(r.metrics["win_rate"].value, abs=1e-6)

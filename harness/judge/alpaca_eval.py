@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 VERDICT = re.compile(r"\[\[([12])\]\]")  # the first one counts, as in the annotator's regex_parser
 ANNOTATOR_SEED = 0  # alpaca_eval's seed for the order in which it shows the two outputs
+WEIGHTED = "weighted_alpaca_eval_gpt4_turbo"  # alpaca_eval's logprob-weighted annotator (verdict: logprobs)
 
 
 class AlpacaEvalSettings(BaseModel):
@@ -64,6 +65,11 @@ class AlpacaEvalSettings(BaseModel):
     position_check: int = Field(0, ge=0, description="re-ask the judge with the two outputs swapped on this many "
                                                      "of the instructions (a seed-0 sample), to measure its "
                                                      "position bias; 0 = off")
+    verdict: Literal["text", "logprobs"] = Field(
+        "text", description="text: selbench's template, the verdict [[1]]/[[2]] read from the judge's answer; "
+                            "logprobs: alpaca_eval's own weighted annotator (AlpacaEval 2's default, "
+                            f"{WEIGHTED}): its template, a one-token answer m/M, and the preference from the "
+                            "judge's top-5 first-token logprobs, a number between 1 and 2 (needs logprobs)")
 
 
 def reference_outputs(ctx, s: AlpacaEvalSettings) -> list[dict[str, Any]]:
@@ -77,21 +83,36 @@ def verdict_constraint(judge) -> dict[str, Any] | None:
     return judge.constraint({"choice": ["[[1]]", "[[2]]"]})
 
 
+def weighted_annotator() -> dict[str, Any]:
+    """alpaca_eval's own ``weighted_alpaca_eval_gpt4_turbo`` config (its prompt template's text under
+    ``template``), as the installed alpaca_eval ships it."""
+    root = resources.files("alpaca_eval").joinpath("evaluators_configs")
+    cfg = yaml.safe_load(root.joinpath(WEIGHTED, "configs.yaml").read_text("utf-8"))[WEIGHTED]
+    return {**cfg, "template": root.joinpath(*cfg["prompt_template"].split("/")).read_text("utf-8")}
+
+
 def write_annotator_config(judge, s: AlpacaEvalSettings, cache) -> tuple[str, Any]:
     """(annotator name, path of configs.yaml) for this judge; nothing secret is written."""
-    template = resources.files("selbench").joinpath("templates/alpaca_eval_judge.txt").read_text("utf-8")
-    constraint = verdict_constraint(judge)
-    key = stable_hash({"judge": judge.identity, "template": template, "max_tokens": s.judge_max_tokens,
-                       "temperature": judge.temperature, **({"constraint": constraint} if constraint else {})})
+    if s.verdict == "logprobs":
+        official = weighted_annotator()
+        template, constraint = official["template"], None
+        parser = {"fn_completion_parser": official["fn_completion_parser"],
+                  "completion_parser_kwargs": official["completion_parser_kwargs"],
+                  "completion_key": official["completion_key"]}
+        key = stable_hash({"judge": judge.identity, "annotator": WEIGHTED, "template": template, "parser": parser,
+                           "top_logprobs": official["completions_kwargs"]["top_logprobs"]})
+    else:
+        template = resources.files("selbench").joinpath("templates/alpaca_eval_judge.txt").read_text("utf-8")
+        constraint = verdict_constraint(judge)
+        # (?s).* swallows the rest, so only the first verdict in a judgment counts
+        parser = {"fn_completion_parser": "regex_parser",
+                  "completion_parser_kwargs": {"outputs_to_match": {1: r"(?s)\[\[1\]\].*", 2: r"(?s)\[\[2\]\].*"}}}
+        key = stable_hash({"judge": judge.identity, "template": template, "max_tokens": s.judge_max_tokens,
+                           "temperature": judge.temperature, **({"constraint": constraint} if constraint else {})})
     name = f"selbench_{key}"
     root = cache.path("alpaca_eval", key)
-    annotator = {name: {  # fn_completions: given at run time (judge_completions)
-        "prompt_template": f"{name}/template.txt",
-        "fn_completion_parser": "regex_parser",
-        # (?s).* swallows the rest, so only the first verdict in a judgment counts
-        "completion_parser_kwargs": {"outputs_to_match": {1: r"(?s)\[\[1\]\].*", 2: r"(?s)\[\[2\]\].*"}},
-        "batch_size": 1,
-    }}
+    # fn_completions: given at run time (judge_completions)
+    annotator = {name: {"prompt_template": f"{name}/template.txt", **parser, "batch_size": 1}}
     atomic_write_text(root / name / "template.txt", template)
     atomic_write_text(root / name / "configs.yaml", yaml.safe_dump(annotator))
     return name, root / name / "configs.yaml"
@@ -108,6 +129,9 @@ def judge_completions(judge, s: AlpacaEvalSettings, ledger):
     other unparseable verdict."""
     from alpaca_eval.utils import prompt_to_chatml
 
+    if s.verdict == "logprobs":
+        return _weighted_completions(judge, ledger, prompt_to_chatml)
+
     def fn_completions(prompts, **_):
         t0 = time.perf_counter()
         verdicts = judge.judge_many([prompt_to_chatml(p.strip()) for p in prompts], _verdict, ledger,
@@ -117,6 +141,29 @@ def judge_completions(judge, s: AlpacaEvalSettings, ledger):
         # " " for no text, as alpaca_eval's OpenAI decoder does; its parser then finds no verdict (an error)
         return {"completions": [v.text or " " for v in verdicts], "price_per_example": [0.0] * n,
                 "time_per_example": [(time.perf_counter() - t0) / max(n, 1)] * n}
+
+    return fn_completions
+
+
+def _weighted_completions(judge, ledger, to_chatml):
+    """``fn_completions`` for alpaca_eval's weighted annotator: one first token per prompt with its top logprobs,
+    in the OpenAI shape its ``logprob_parser`` reads. A failed request, or logprobs without ``m`` or ``M``, leaves
+    no preference (an error, as a text verdict that does not parse)."""
+    k = weighted_annotator()["completions_kwargs"]["top_logprobs"]
+
+    def fn_completions(prompts, **_):
+        t0 = time.perf_counter()
+        tops = judge.top_logprobs_many([to_chatml(p.strip()) for p in prompts], k, ledger,
+                                       desc="AlpacaEval judging (logprobs)")
+        completions = []
+        for top in tops:
+            top = top if isinstance(top, list) else []
+            first = [{"token": t, "logprob": lp, "top_logprobs": [{"token": a, "logprob": b} for a, b in top]}
+                     for t, lp in top[:1]] or [{"token": "", "logprob": None, "top_logprobs": []}]
+            completions.append({"logprobs": {"content": first}, "text": first[0]["token"]})
+        n = len(prompts)
+        return {"completions_all": completions, "completions": [c["text"] or " " for c in completions],
+                "price_per_example": [0.0] * n, "time_per_example": [(time.perf_counter() - t0) / max(n, 1)] * n}
 
     return fn_completions
 
@@ -247,7 +294,8 @@ def alpaca_eval(model, spec, ctx) -> EvalResult:
     metrics: dict[str, Metric] = {}
     info: dict[str, Any] = {"reference": s.reference, "annotator": name, "judge": judge.identity,
                             "n_instructions": len(refs), "engine": resolve_engine(dec.engine),
-                            "verdict_constraint": verdict_constraint(judge)}
+                            "verdict": s.verdict,
+                            "verdict_constraint": verdict_constraint(judge) if s.verdict == "text" else None}
     if len(ok):
         wr = get_winrate(ok)
         metrics["win_rate"] = Metric(float(wr["win_rate"]), _num(wr.get("standard_error")))
