@@ -95,7 +95,7 @@ def write_annotator_config(judge, s: AlpacaEvalSettings, cache) -> tuple[str, An
     """(annotator name, path of configs.yaml) for this judge; nothing secret is written."""
     if s.verdict == "logprobs":
         official = weighted_annotator()
-        template, constraint = official["template"], None
+        template = official["template"]
         parser = {"fn_completion_parser": official["fn_completion_parser"],
                   "completion_parser_kwargs": official["completion_parser_kwargs"],
                   "completion_key": official["completion_key"]}
