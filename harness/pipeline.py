@@ -132,8 +132,10 @@ class Board:
     def pending(self) -> tuple[list[Cell], bool]:
         """The cells a refresh would run (no current record), and whether the base model's record is current."""
         todo = [c for c in self.cells() if not is_current(self.cell_path(c), stable_hash(self.cell_inputs(c)))]
-        base = is_current(record_path(self.ws.results, self.name, BASE_ROW, None, 0), stable_hash(self.base_inputs()))
-        return todo, base
+        return todo, is_current(self.base_path(), stable_hash(self.base_inputs()))
+
+    def base_path(self):
+        return record_path(self.ws.results, self.name, BASE_ROW, None, 0)
 
     def base_inputs(self) -> dict[str, Any]:
         return {"protocol": self.protocol.hash, "row": BASE_ROW, "evaluators": self.evaluator_versions}
@@ -313,7 +315,7 @@ class Board:
     def run_base(self, force: bool = False) -> tuple[str, dict[str, Any] | None]:
         """The base model without fine-tuning: evaluated once per board as the reference row."""
         inputs_hash = stable_hash(self.base_inputs())
-        path = record_path(self.ws.results, self.name, BASE_ROW, None, 0)
+        path = self.base_path()
         if not force and is_current(path, inputs_hash):
             return "skipped", None
         console.print(f"[bold]{self.name}[/] base model: evaluate")

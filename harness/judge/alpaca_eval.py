@@ -83,9 +83,10 @@ def verdict_constraint(judge) -> dict[str, Any] | None:
     return judge.constraint({"choice": ["[[1]]", "[[2]]"]})
 
 
+@functools.cache
 def weighted_annotator() -> dict[str, Any]:
     """alpaca_eval's own ``weighted_alpaca_eval_gpt4_turbo`` config (its prompt template's text under
-    ``template``), as the installed alpaca_eval ships it."""
+    ``template``), as the installed alpaca_eval ships it; read once per process (callers do not modify it)."""
     root = resources.files("alpaca_eval").joinpath("evaluators_configs")
     cfg = yaml.safe_load(root.joinpath(WEIGHTED, "configs.yaml").read_text("utf-8"))[WEIGHTED]
     return {**cfg, "template": root.joinpath(*cfg["prompt_template"].split("/")).read_text("utf-8")}
