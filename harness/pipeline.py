@@ -129,9 +129,9 @@ class Board:
     def cell_path(self, cell: Cell):
         return record_path(self.ws.results, self.name, cell.row, cell.budget, cell.seed)
 
-    def pending(self) -> tuple[list[Cell], bool]:
+    def pending(self, rows: Iterable[str] | None = None) -> tuple[list[Cell], bool]:
         """The cells a refresh would run (no current record), and whether the base model's record is current."""
-        todo = [c for c in self.cells() if not is_current(self.cell_path(c), stable_hash(self.cell_inputs(c)))]
+        todo = [c for c in self.cells(rows) if not is_current(self.cell_path(c), stable_hash(self.cell_inputs(c)))]
         return todo, is_current(self.base_path(), stable_hash(self.base_inputs()))
 
     def base_path(self):
@@ -358,12 +358,33 @@ class _LazyJudge:
         return getattr(self._board.judge(), name)
 
 
+class RefreshPace:
+    """Says after each finished job how far a refresh is and, at its own pace so far, how long the rest will take."""
+
+    def __init__(self, board: str, total: int):
+        self.board, self.total, self.finished, self.t0 = board, total, 0, time.perf_counter()
+
+    def finish(self) -> str:
+        self.finished += 1
+        per_job = (time.perf_counter() - self.t0) / self.finished
+        left = max(self.total - self.finished, 0)
+        line = (f"{self.board}: {self.finished} of {self.total} jobs run, {per_job / 60:.1f} min each so far"
+                + (f", ~{_duration(per_job * left)} for the {left} left" if left else ""))
+        console.print(line)
+        return line
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+
+
 @dataclass
 class RefreshSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     stopped: str | None = None  # why the refresh ended before its last cell
+    progress: list[str] = field(default_factory=list)  # one line per job run: how far, and how long the rest takes
     leaderboard: dict[str, Any] = field(default_factory=dict)
 
 
@@ -380,6 +401,9 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     board = Board(ws, board_name, tuple(plugins), ad_hoc=tuple(ad_hoc))
     summary = RefreshSummary()
+    todo, base_current = board.pending(rows)
+    n_cells = len(board.cells(rows)) if force else len(todo)
+    pace = RefreshPace(board_name, n_cells + int(include_base and (force and not rows or not base_current)))
 
     def on_result(name: str, result) -> bool:
         if isinstance(result, JudgeUnavailable):  # every later judged cell would fail the same way: stop here
@@ -391,6 +415,8 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
             summary.failed[name] = f"{type(result).__name__}: {result}"
         else:
             (summary.done if result == "done" else summary.skipped).append(name)
+        if result != "skipped":
+            summary.progress.append(pace.finish())
         return True
 
     try:

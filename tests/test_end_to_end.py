@@ -67,6 +67,10 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     assert not s.failed, s.failed
     assert sorted(s.done) == sorted(["base", "random/8/seed0", "full/60/seed0", "longest/8/seed0",
                                      "first_n_plugin/8/seed0"])
+    # Progress after each job run: how many of the refresh's jobs are done and how long the rest will take.
+    assert len(s.progress) == 5 and s.progress[0].startswith("tiny: 1 of 5 jobs run, ")
+    assert " for the 4 left" in s.progress[0]
+    assert s.progress[-1].startswith("tiny: 5 of 5 jobs run, ") and "left" not in s.progress[-1]
 
     # Records: one per cell, with hashes, metrics with stderr, timings, versions and a wandb run id.
     rec = read_json(ws.results / "tiny" / "random" / "8" / "seed0.json")
@@ -127,6 +131,7 @@ def test_refresh_end_to_end_resume_and_plugin(tmp_path, tiny_model_dir, monkeypa
     monkeypatch.setattr(lm_eval_runner, "run_lm_eval", lambda *a, **k: calls.append("eval"))
     s3 = pipeline.refresh(ws, "tiny", plugins=[str(plugin)])
     assert s3.done == ["longest/8/seed0"] and calls == []
+    assert len(s3.progress) == 1 and s3.progress[0].startswith("tiny: 1 of 1 jobs run, ")
     assert read_json(ws.results / "tiny" / "longest" / "8" / "seed0.json")["selection"]["size"] == 8
 
 
