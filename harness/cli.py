@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -162,7 +163,7 @@ def plan_cmd(board: str = typer.Option(..., "--board"), root: Optional[Path] = R
              judge_usd_in: float = typer.Option(30.0, help="judge $ per million input tokens"),
              judge_usd_out: float = typer.Option(60.0, help="judge $ per million output tokens")):
     """Estimate a refresh before running it: cells, tokens to train, generate and judge, GPU-hours, judge cost."""
-    from .plan import Throughputs, format_plan, plan_board
+    from .plan import Throughputs, format_plan, measured_remaining, plan_board
 
     try:
         p = plan_board(Workspace.at(root), board, Throughputs(train_tps, lora_train_tps, generate_tps, judge_usd_in,
@@ -173,12 +174,18 @@ def plan_cmd(board: str = typer.Option(..., "--board"), root: Optional[Path] = R
     try:  # where a resumed refresh stands: committed records are its resume points
         from .pipeline import Board
 
-        todo, base = Board(Workspace.at(root), board).pending()
+        b = Board(Workspace.at(root), board)
+        todo, base = b.pending()
     except (ProtocolError, ValueError, FileNotFoundError, OSError):
         return
     console.print(f"  records   {p.cells - len(todo)} of {p.cells} cells current, base model "
                   f"{'current' if base else 'to run'}; a refresh runs {len(todo)} cell(s)"
                   f"{'' if base else ' and the base model'}", markup=False, highlight=False, soft_wrap=True)
+    pending = set(todo)
+    done = [(c.row, c.budget, json.loads(b.cell_path(c).read_text()).get("timings") or {})
+            for c in b.cells() if c not in pending]
+    if line := measured_remaining(done, [(c.row, c.budget) for c in todo]):
+        console.print(f"  measured  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -11,6 +11,7 @@ at hand; generation and judge outputs are upper bounds (every answer at its toke
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from statistics import median
 from typing import Any
 
 CHARS_PER_TOKEN = 4.0
@@ -151,3 +152,26 @@ def format_plan(plan: Plan) -> str:
              f"${t.judge_usd_per_m_output:g}/M out"]
     lines += [f"  note      {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def measured_remaining(done: list[tuple[str, int, dict[str, Any]]], todo: list[tuple[str, int]]) -> str | None:
+    """What the cells left take at the pace the board's current records measured: ``done`` holds (row, budget,
+    timings) of each current record, ``todo`` (row, budget) of each cell a refresh would run. Training and evaluation
+    are timed per budget (median over the records); selection is left out, as it is cached across seeds where the
+    method allows and unknown for a row with no record yet."""
+    per_budget: dict[int, list[float]] = {}
+    for _, budget, t in done:
+        if t.get("train_s") is not None and t.get("eval_s") is not None:
+            per_budget.setdefault(budget, []).append(t["train_s"] + t["eval_s"])
+    if not per_budget or not todo:
+        return None
+    every = [s for v in per_budget.values() for s in v]
+    left_s = sum(median(per_budget.get(b) or every) for _, b in todo)
+    by_budget = ", ".join(f"{b}: {median(v) / 60:.1f}" for b, v in sorted(per_budget.items()))
+    new_rows = len({r for r, _ in todo} - {r for r, _, _ in done})
+    left = f"~{left_s / 3600:.1f} h" if left_s >= 5400 else f"~{left_s / 60:.0f} min"
+    selection = (f"plus selection for {new_rows} row(s) with no record yet" if new_rows
+                 else "plus any selection not cached")
+    return (f"train + evaluate took a median of {median(every) / 60:.1f} min per cell (by budget {by_budget}; "
+            f"{len(every)} records, on the machines that wrote them); the {len(todo)} cell(s) left: {left}, "
+            f"{selection}")

@@ -53,7 +53,8 @@ def test_pool_measured_when_it_loads_and_cli(tmp_path, tiny_model_dir):
     board = Board(ws, "tiny")  # a current record (the right inputs hash) is a resume point; a stale one is not
     done, stale = board.cells()
     board.cell_path(done).parent.mkdir(parents=True)
-    board.cell_path(done).write_text(json.dumps({"inputs_hash": stable_hash(board.cell_inputs(done))}))
+    board.cell_path(done).write_text(json.dumps({"inputs_hash": stable_hash(board.cell_inputs(done)),
+                                                 "timings": {"select_s": 5.0, "train_s": 50.0, "eval_s": 70.0}}))
     board.cell_path(stale).parent.mkdir(parents=True, exist_ok=True)
     board.cell_path(stale).write_text(json.dumps({"inputs_hash": "0" * 16}))
     base = record_path(ws.results, "tiny", BASE_ROW, None, 0)
@@ -61,6 +62,11 @@ def test_pool_measured_when_it_loads_and_cli(tmp_path, tiny_model_dir):
     base.write_text(json.dumps({"inputs_hash": stable_hash(board.base_inputs())}))
     assert board.pending() == ([stale], True)
     r = CliRunner().invoke(app, ["plan", "--board", "tiny", "--root", str(ws.root)])
+    assert r.exit_code == 0, r.output
     assert "1 of 2 cells current, base model current; a refresh runs 1 cell(s)" in r.output
+    # the pace the records measured: train + evaluate per cell, times the cells left (a new row's selection unknown)
+    assert ("measured train + evaluate took a median of 2.0 min per cell (by budget 8: 2.0; 1 records, on the "
+            "machines that wrote them); the 1 cell(s) left: ~2 min, plus selection for 1 row(s) with no record yet"
+            ) in " ".join(r.output.split())
     r = CliRunner().invoke(app, ["plan", "--board", "cherry-7b", "--root", str(REPO)], env={"HF_HUB_OFFLINE": "1"})
     assert r.exit_code == 2 and "--pool-size" in r.output
