@@ -24,6 +24,7 @@ from .evaluate import (EvalContext, ModelUnderTest, check_evaluation, configured
                        load_evaluators, metric_json)
 from .leaderboard import build_leaderboard
 from .models import BaseModelHandle, resolve_base_model
+from .plan import duration_text
 from .paths import Workspace, portable_path
 from .protocol import MethodEntry, Protocol, load_protocol
 from .record import BASE_ROW, SECOND_JUDGE, is_current, package_versions, record_path, write_record
@@ -369,13 +370,9 @@ class RefreshPace:
         per_job = (time.perf_counter() - self.t0) / self.finished
         left = max(self.total - self.finished, 0)
         line = (f"{self.board}: {self.finished} of {self.total} jobs run, {per_job / 60:.1f} min each so far"
-                + (f", ~{_duration(per_job * left)} for the {left} left" if left else ""))
+                + (f", ~{duration_text(per_job * left)} for the {left} left" if left else ""))
         console.print(line)
         return line
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
 
 
 @dataclass

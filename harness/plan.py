@@ -169,9 +169,13 @@ def measured_remaining(done: list[tuple[str, int, dict[str, Any]]], todo: list[t
     left_s = sum(median(per_budget.get(b) or every) for _, b in todo)
     by_budget = ", ".join(f"{b}: {median(v) / 60:.1f}" for b, v in sorted(per_budget.items()))
     new_rows = len({r for r, _ in todo} - {r for r, _, _ in done})
-    left = f"~{left_s / 3600:.1f} h" if left_s >= 5400 else f"~{left_s / 60:.0f} min"
     selection = (f"plus selection for {new_rows} row(s) with no record yet" if new_rows
                  else "plus any selection not cached")
     return (f"train + evaluate took a median of {median(every) / 60:.1f} min per cell (by budget {by_budget}; "
-            f"{len(every)} records, on the machines that wrote them); the {len(todo)} cell(s) left: {left}, "
-            f"{selection}")
+            f"{len(every)} records, on the machines that wrote them); the {len(todo)} cell(s) left: "
+            f"~{duration_text(left_s)}, {selection}")
+
+
+def duration_text(seconds: float) -> str:
+    """Hours from 90 minutes up, minutes below."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
