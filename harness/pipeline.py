@@ -399,8 +399,9 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
     board = Board(ws, board_name, tuple(plugins), ad_hoc=tuple(ad_hoc))
     summary = RefreshSummary()
     todo, base_current = board.pending(rows)
+    force_base = force and not rows  # `--force --methods X` recomputes X's rows only, not the base row
     n_cells = len(board.cells(rows)) if force else len(todo)
-    pace = RefreshPace(board_name, n_cells + int(include_base and (force and not rows or not base_current)))
+    pace = RefreshPace(board_name, n_cells + int(include_base and (force_base or not base_current)))
 
     def on_result(name: str, result) -> bool:
         if isinstance(result, JudgeUnavailable):  # every later judged cell would fail the same way: stop here
@@ -422,8 +423,7 @@ def refresh(ws: Workspace, board_name: str, rows: list[str] | None = None, force
                 raise ValueError("ad hoc rows run on the local executor (a Ray worker loads the committed protocol)")
             run_ray(board, rows, force, address, task_resources or {"num_cpus": 1}, on_result, include_base)
         else:
-            # `--force --methods X` recomputes X's rows only; the base row is forced by a full --force
-            jobs = [(BASE_ROW, lambda: board.run_base(force and not rows))] if include_base else []
+            jobs = [(BASE_ROW, lambda: board.run_base(force_base))] if include_base else []
             jobs += [(str(cell), lambda cell=cell: board.run_cell(cell, force))  # the pool loads and validates
                      for cell in board.cells(rows)]                             # here, before any expensive work
             with shared_engines(board.cache.root):  # vLLM engines started once for all cells, on first use
