@@ -18,6 +18,8 @@ its training, else its validation split; never its test split: a task with only 
 a note), drawn by lm-eval's own sampler with its default few-shot seed 1234: the user turn is the task's
 description + ``doc_to_text``, the reply the gold answer (``doc_to_choice[doc_to_target]``, or
 ``doc_to_target``). The reference uses few-shot dev examples (MMLU 5 per subject, BBH 3 CoT exemplars per task).
+``heldout:alpaca_eval``: ``n_target`` AlpacaEval instructions + GPT-4-Turbo answers that no evaluator of the board
+scores (``eval_distribution``'s held-out pairs, seed 1234), one subtask.
 
 Deviation: one checkpoint, the warm-up's last (weight 1). The reference scores at each epoch's checkpoint; the
 train stage saves only the final adapter. Examples with no response token inside ``max_seq_len`` get no score
@@ -45,12 +47,20 @@ def less_scores(train: list[np.ndarray], target: list[np.ndarray], weights: list
     return np.stack([sim[:, groups == g].mean(axis=1) for g in range(len(names))], axis=1).max(axis=1)
 
 
-def target_conversations(tasks: list[str], n_target: int) -> tuple[list[tuple[str, list[dict]]], list[str]]:
+def target_conversations(tasks: list[str], n_target: int,
+                         protocol=None) -> tuple[list[tuple[str, list[dict]]], list[str]]:
     """[(task, [user, assistant])] from each task's held-out few-shot docs, and the names of tasks skipped."""
     from selbench.lm_eval_runner import task_manager
+    from selbench.methods.eval_distribution import held_out_pairs
 
     out, skipped = [], []
-    for name, task in task_manager(tasks).load(list(tasks))["tasks"].items():
+    for name in [t for t in tasks if t.startswith("heldout:")]:
+        if name != "heldout:alpaca_eval":
+            raise ValueError(f"less: unknown held-out target {name!r}; the one known is 'heldout:alpaca_eval'")
+        out += [(name, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+                for q, a in held_out_pairs(protocol, FEWSHOT_SEED)[:n_target]]
+    tasks = [t for t in tasks if not t.startswith("heldout:")]
+    for name, task in (task_manager(tasks).load(tasks)["tasks"].items() if tasks else ()):
         c = task.config
         split = task.fewshot_cfg.split or c.training_split or c.validation_split
         if split is None or split == c.test_split or not getattr(task, "sampler", None):
@@ -103,7 +113,10 @@ def select_less(pool, budget, ctx, target=None, n_target=5, warmup_fraction=0.05
     tasks = [target] if isinstance(target, str) else list(target or (lm_eval.tasks if lm_eval else []))
     if not tasks:
         raise ValueError("less: no target tasks: set `target` (lm-eval task names) or the board's lm_eval")
-    convs, skipped = target_conversations(tasks, n_target)
+    convs, skipped = target_conversations(tasks, n_target, ctx.protocol)
+    if not convs:  # before the warm-up and the pool's gradients, which cost the most
+        raise ValueError(f"less: no target examples: every task of {tasks} has only a test split; name tasks with "
+                         f"a few-shot, training or validation split, or 'heldout:alpaca_eval', in `target`")
     art, n_warm = warmup(ctx, pool, recipe, warmup_fraction, warmup_epochs)
     tok = load_tokenizer(ctx.base_model.path, recipe.chat_template)
 
@@ -115,10 +128,8 @@ def select_less(pool, budget, ctx, target=None, n_target=5, warmup_fraction=0.05
 
     train = feats([e.messages for e in pool], "adam")
     tgt = feats([m for _, m in convs], "sgd")
-    keep = np.flatnonzero(tgt["scored"])
-    if not len(keep):
-        raise ValueError(f"less: no target example of {tasks} has a response token within max_seq_len "
-                         f"{recipe.max_seq_len} (tasks skipped for lack of a non-test split: {skipped})")
+    if not len(keep := np.flatnonzero(tgt["scored"])):
+        raise ValueError(f"less: no target example of {tasks} has a response token within {recipe.max_seq_len}")
     subtasks = [convs[j][0] for j in keep]
     score = less_scores([train["features"]], [tgt["features"][keep]], [1.0], subtasks)
     score[~train["scored"]] = np.nan

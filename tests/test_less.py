@@ -24,9 +24,12 @@ from selbench.grads import (
     lora_names,
     project,
 )
+from selbench.methods.eval_distribution import held_out_pairs
 from selbench.methods.less import less_scores, target_conversations
 from selbench.models import BaseModelHandle, ResolvedModel, load_tokenizer
+from selbench.paths import data_dir
 from selbench.protocol import RecipeSpec
+from selbench.ref_likelihood import reference_pairs
 from selbench.registry import get_method
 from selbench.select import SelectionContext, run_selection
 from selbench.train import finetune
@@ -144,6 +147,18 @@ def test_target_set_from_fewshot_splits_never_test():
     assert target_conversations(["gsm8k_local"], 3)[0] == convs[:3]  # lm-eval's sampler, fixed seed
 
 
+def test_target_set_from_held_out_alpaca_eval():
+    """The board's own distribution as the target: AlpacaEval pairs that no evaluator scores, never scored ones."""
+    convs, skipped = target_conversations(["arc_easy_local", "heldout:alpaca_eval"], 4)
+    assert skipped == ["arc_easy_local"] and [t for t, _ in convs] == ["heldout:alpaca_eval"] * 4
+    pairs = [(m[0]["content"], m[1]["content"]) for _, m in convs]
+    assert pairs == held_out_pairs(None, 1234)[:4]
+    scored = reference_pairs(data_dir() / "open_ended", "alpaca_eval", 0)[:200]  # ref_likelihood's default items
+    assert len(set(scored)) == 200 and not set(scored) & set(pairs)
+    with pytest.raises(ValueError, match="unknown held-out target 'heldout:mt_bench'"):
+        target_conversations(["heldout:mt_bench"], 2)
+
+
 def test_less_end_to_end(pool, handle, tmp_path):
     protocol = SimpleNamespace(recipe=RECIPE, evaluation=SimpleNamespace(
         lm_eval=SimpleNamespace(tasks=["arc_easy_local", "gsm8k_local", "mmlu_local"])))
@@ -165,3 +180,11 @@ def test_less_end_to_end(pool, handle, tmp_path):
     assert other.extras["subtasks"] == ["mmlu_local"] and other.extras["target_examples"] == 2
     with pytest.raises(ValueError, match="no target tasks"):
         spec.fn(pool, 7, SelectionContext(seed=0, cache=ArtifactCache(tmp_path / "c2"), base_model=handle))
+    with pytest.raises(ValueError, match="no target examples: every task of .'arc_easy_local'. has only a test"):
+        spec.fn(pool, 7, ctx(), target=["arc_easy_local"])
+    assert len(list((tmp_path / "cache" / "less").iterdir())) == 1  # failed before any warm-up of its own
+    protocol.evaluation.model_dump = lambda: {"ref_likelihood": {"sets": ["alpaca_eval"], "per_set": 200}}
+    held, _ = run_selection(spec, pool, 7, ctx(), {"n_target": 2, "proj_dim": 64, "warmup_fraction": 0.25,
+                                                   "target": ["heldout:alpaca_eval"]})
+    assert held.extras["subtasks"] == ["heldout:alpaca_eval"] and held.extras["target_examples"] == 2
+    assert len(held.ids) == 7 and held.scores != sel.scores  # another target, other scores
