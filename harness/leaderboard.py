@@ -236,7 +236,10 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
               "Benjamini-Hochberg correction over the board's rows (FDR 5%); no mark: not distinguishable from "
               "random at this size. Lower is better for `nll` and `bpb`. `bench_avg` is the mean of each lm-eval "
               "task's headline metric (acc, or exact_match). `leaderboard.csv` holds every metric, "
-              "`comparisons.csv` every paired test (also against `full`)."
+              "`comparisons.csv` every paired test (also against `full`). `select s`, `train s`: wall seconds as run "
+              "(mean ± SD over seeds, on the machines that wrote the records); a selection that reused signals, judge "
+              "answers or a whole selection from the cache (computed for another budget or seed of the method) "
+              "shows only what it spent itself: a method's scoring cost is usually in the first cell it ran."
               + (" `judge errors`: judged items whose verdict could not be parsed (or the call failed) after "
                  "retries, over all judged items; they count in no score, never as ties." if judged else ""), ""]
     lines.append("| " + " | ".join(h.replace("lm_eval/", "").replace("_local/", "/") for h in head) + " |")

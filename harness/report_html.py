@@ -216,7 +216,7 @@ def cost_figure(agg: pd.DataFrame, metric: str, higher: bool, tokens: dict[tuple
     d["gain"] = [0.0 if m == "random" else sign * v for m, v in zip(d["method"], d[f"{metric}:vs_random"])]
     d["seconds"] = d["select_s"].fillna(0) + d["train_s"].fillna(0)
     d["tokens"] = [tokens.get((m, b), 0.0) for m, b in zip(d["method"], d["budget"])]
-    panels = [("seconds", "selection + training seconds (mean over seeds)")]
+    panels = [("seconds", "selection + training seconds as run (mean over seeds)")]
     if (d["tokens"] > 0).any():
         panels.append(("tokens", "judge tokens in evaluation (mean over seeds)"))
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.06)
@@ -355,7 +355,9 @@ def render_page(board: str, markdown: str, figs: dict[str, go.Figure]) -> str:
     if "cost-vs-gain" in figs:
         sections.append("<h2>Cost against gain</h2><p class=\"caption\">What a method spent against what it "
                         "gained over <code>random</code> on the first headline metric with comparisons, with 95% "
-                        "intervals; filled markers differ significantly from random.</p>"
+                        "intervals; filled markers differ significantly from random. Seconds are as run: a "
+                        "selection that reused cached signals, judge answers or selections (computed for another "
+                        "budget or seed) counts only what it spent itself.</p>"
                         + _figure_div("cost-vs-gain", figs["cost-vs-gain"]))
     if "judge-bias" in figs:
         sections.append("<h2>Judge bias</h2><p class=\"caption\">Per judged metric, pooled over the board's "
