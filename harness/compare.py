@@ -93,6 +93,11 @@ def compare_board(scores: Scores, direction: dict[str, bool], metrics: list[str]
                   ) -> tuple[list[Comparison], dict[str, stats.NoiseFloor]]:
     comps: list[Comparison] = []
     full_key = next((k for k in scores if k[0] == "full"), None)
+    # one run's seed variance per metric and budget, pooled over the rows with several seeds (stats.paired_difference)
+    pooled = {(metric, budget): stats.pooled_seed_variance(
+        [_matrix(runs, metric, _common_items(runs, metric=metric)) for (row, b), runs in scores.items()
+         if b == budget and row != BASE_ROW and len(runs) > 1 and _common_items(runs, metric=metric)])
+        for metric in metrics for budget in {b for _, b in scores}}
     for (row, budget), runs in sorted(scores.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
         for metric in metrics:
             items = _common_items(runs, metric=metric)
@@ -111,7 +116,8 @@ def compare_board(scores: Scores, direction: dict[str, bool], metrics: list[str]
                 if not shared:
                     continue
                 diff = stats.paired_difference(_matrix(runs, metric, shared), _matrix(scores[key], metric, shared),
-                                               _weights(shared, metric), pool_seeds=True)
+                                               _weights(shared, metric), pool_seeds=True,
+                                               seed_variance=pooled[(metric, budget if len(runs) == 1 else key[1])])
                 comps.append(Comparison(row, budget, metric, base, diff))
     by_test: dict[tuple[str, str], list[Comparison]] = defaultdict(list)
     for c in comps:

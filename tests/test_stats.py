@@ -12,7 +12,7 @@ import yaml
 from selbench.cache import atomic_write_json
 from selbench.leaderboard import build_leaderboard
 from selbench.protocol import load_protocol
-from selbench.stats import adjust_pvalues, mark, paired_difference
+from selbench.stats import adjust_pvalues, mark, paired_difference, pooled_seed_variance
 
 
 def draw(rng, seeds: int, items: int, delta: float, seed_sd: float, item_sd: float = 0.3, noise: float = 0.5):
@@ -59,6 +59,26 @@ def test_a_one_seed_row_against_three_seeds_borrows_the_seed_variance():
     # with several runs on both sides, pooling changes nothing
     a, b = draw(rng, 3, 150, 0.1, 0.2)
     assert paired_difference(a, b, pool_seeds=True) == paired_difference(a, b)
+
+
+def test_a_one_seed_row_borrows_the_boards_pooled_seed_variance():
+    """A 3-seed baseline estimates its seed variance poorly (chi-squared with 2 df): borrowing it, a one-seed row's
+    false-positive rate runs above nominal; the variance pooled over the board's rows (here 12 rows of 3 seeds) keeps
+    it nominal, with the pool's degrees of freedom."""
+    rng = np.random.default_rng(5)
+    reps = 300
+    own = pooled_fp = 0
+    for r in range(reps):
+        a, b = draw(rng, 3, 150, 0.0, 0.2)
+        board = [draw(rng, 3, 150, 0.0, 0.2)[0] for _ in range(12)] + [b]
+        pool = pooled_seed_variance(board)
+        assert pool is not None and pool[1] == 26
+        own += paired_difference(a[:1], b, n_boot=500, seed=r, pool_seeds=True).p_value < 0.05
+        d = paired_difference(a[:1], b, n_boot=500, seed=r, pool_seeds=True, seed_variance=pool)
+        pooled_fp += d.p_value < 0.05
+        assert d.df > 2
+    assert pooled_fp / reps <= 0.075 and pooled_fp < own  # 4% pooled; 7% with the baseline's own estimate
+    assert pooled_seed_variance([np.zeros((1, 5))]) is None  # one-run rows carry no seed variance
 
 
 def test_planted_effect_is_found_and_interval_agrees_with_p():
