@@ -89,15 +89,25 @@ class Comparison:
                 "n_runs": d.n_runs[0], "n_runs_baseline": d.n_runs[1]}
 
 
+def _pooled_seed_variances(scores: Scores, metrics: list[str]) -> dict[tuple[str, int | None], tuple[float, int]]:
+    """One run's seed variance per (metric, budget), pooled over the rows with several seeds: what a one-seed row
+    borrows in :func:`selbench.stats.paired_difference`."""
+    by_key: dict[tuple[str, int | None], list[np.ndarray]] = defaultdict(list)
+    for (row, budget), runs in scores.items():
+        if row == BASE_ROW or len(runs) < 2:
+            continue
+        for metric in metrics:
+            items = _common_items(runs, metric=metric)
+            if items:
+                by_key[(metric, budget)].append(_matrix(runs, metric, items))
+    return {k: v for k, x in by_key.items() if (v := stats.pooled_seed_variance(x)) is not None}
+
+
 def compare_board(scores: Scores, direction: dict[str, bool], metrics: list[str]
                   ) -> tuple[list[Comparison], dict[str, stats.NoiseFloor]]:
     comps: list[Comparison] = []
     full_key = next((k for k in scores if k[0] == "full"), None)
-    # one run's seed variance per metric and budget, pooled over the rows with several seeds (stats.paired_difference)
-    pooled = {(metric, budget): stats.pooled_seed_variance(
-        [_matrix(runs, metric, _common_items(runs, metric=metric)) for (row, b), runs in scores.items()
-         if b == budget and row != BASE_ROW and len(runs) > 1 and _common_items(runs, metric=metric)])
-        for metric in metrics for budget in {b for _, b in scores}}
+    pooled = _pooled_seed_variances(scores, metrics)
     for (row, budget), runs in sorted(scores.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1)):
         for metric in metrics:
             items = _common_items(runs, metric=metric)
@@ -117,7 +127,7 @@ def compare_board(scores: Scores, direction: dict[str, bool], metrics: list[str]
                     continue
                 diff = stats.paired_difference(_matrix(runs, metric, shared), _matrix(scores[key], metric, shared),
                                                _weights(shared, metric), pool_seeds=True,
-                                               seed_variance=pooled[(metric, budget if len(runs) == 1 else key[1])])
+                                               seed_variance=pooled.get((metric, budget if len(runs) == 1 else key[1])))
                 comps.append(Comparison(row, budget, metric, base, diff))
     by_test: dict[tuple[str, str], list[Comparison]] = defaultdict(list)
     for c in comps:
