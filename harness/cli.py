@@ -73,8 +73,8 @@ def print_leaderboard(board: str, out: dict, ws: Workspace, protocol) -> None:
         sd = f"seed SD {f['seed_sd']:.3g}" if f.get("seed_sd") is not None else "one seed"
         console.print(f"noise floor {m}: differences below {f['mdd']:.3g} are noise at this size "
                       f"({f['n_items']} items, {f['n_seeds']} seeds, {sd})")
-    for line in verdict_lines(t, metrics, name_all=False)[2:-1]:  # the metrics shown, without the legend
-        console.print(f"against random {line[2:]}", markup=False)
+    for line in verdict_lines(t, metrics):
+        console.print(f"against random {line}", markup=False)
     board_dir = ws.board_dir(board)
     for name in ("LEADERBOARD.md", "leaderboard.html"):
         if (board_dir / name).is_file():

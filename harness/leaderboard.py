@@ -171,38 +171,54 @@ def judge_bias_lines(bias: list | None) -> list[str]:
     return [legend, "", *[f"- {b.sentence()}" for b in bias], ""]
 
 
-def verdict_lines(agg: pd.DataFrame, metric_cols: list[str], name_all: bool = True) -> list[str]:
-    """What the board says about each method against ``random``, per metric and budget, read from the paired tests:
-    the rows significantly better (▲), significantly worse (▼), and those not distinguishable at this size (by
-    name, or only their number when ``name_all`` is false)."""
+def verdicts(agg: pd.DataFrame, metric_cols: list[str]) -> list[tuple[str, Any, list[str], list[str], list[str]]]:
+    """What the board says about each method against ``random``, read from the paired tests: per metric and budget,
+    the rows significantly better (▲), significantly worse (▼), and those not distinguishable at this size. A marked
+    row with fewer seeds than ``random`` carries its seed count: its own seed-to-seed spread is not in its test yet,
+    so its verdict is provisional."""
     out = []
     for m in metric_cols:
         key = f"{m}:vs_random"
         if key not in agg:
             continue
-        parts = []
         for budget, g in agg[agg[key].notna()].groupby("budget", sort=False):
             marks = g.get(f"{key}:mark", pd.Series("", index=g.index)).fillna("")
             ref = agg.loc[(agg["method"] == "random") & (agg["budget"] == budget), "seeds"]
-            # a row with fewer seeds than random is provisional: its own seed-to-seed spread is not in the test yet
             few = {r.method: int(r.seeds) for r in g.itertuples() if len(ref) and int(r.seeds) < int(ref.iloc[0])}
 
             def label(row: str) -> str:
                 return f"{row} ({few[row]} seed{'s' if few[row] > 1 else ''})" if row in few else row
 
-            better = sorted(map(label, g.loc[marks == "▲", "method"]))
-            worse = sorted(map(label, g.loc[marks == "▼", "method"]))
-            same = sorted(map(label, g.loc[~marks.isin(["▲", "▼"]), "method"]))
-            rest = (', '.join(same) or 'none') if name_all else str(len(same))
-            parts.append(f"at {budget}: ▲ {', '.join(better) or 'none'}; ▼ {', '.join(worse) or 'none'}; "
-                         f"not distinguishable: {rest}")
-        if parts:
-            out.append(f"- `{m}` " + " · ".join(parts))
-    if not out:
+            out.append((m, budget, sorted(map(label, g.loc[marks == "▲", "method"])),
+                        sorted(map(label, g.loc[marks == "▼", "method"])),
+                        sorted(g.loc[~marks.isin(["▲", "▼"]), "method"])))
+    return out
+
+
+def verdict_lines(agg: pd.DataFrame, metric_cols: list[str]) -> list[str]:
+    """The verdicts in one line per metric, for the terminal: the marked rows by name, the others by number."""
+    lines: dict[str, list[str]] = {}
+    for m, budget, better, worse, same in verdicts(agg, metric_cols):
+        lines.setdefault(m, []).append(f"at {budget}: ▲ {', '.join(better) or 'none'}; ▼ {', '.join(worse) or 'none'}; "
+                                       f"not distinguishable: {len(same)}")
+    return [f"`{m}` " + " · ".join(parts) for m, parts in lines.items()]
+
+
+def verdict_table(agg: pd.DataFrame, metric_cols: list[str]) -> list[str]:
+    """The verdicts as a markdown table, one row per metric and budget, every method named."""
+    rows = verdicts(agg, metric_cols)
+    if not rows:
         return []
-    return ["**Against random** (per metric and budget: significantly better ▲, significantly worse ▼, or not "
-            "distinguishable from `random` at this board's size; `(1 seed)`: a row with fewer seeds than `random`, "
-            "whose own seed-to-seed spread is not in its test yet, so its verdict is provisional):", "", *out, ""]
+    lines = ["**Against random** (per metric and budget, from the paired tests below: significantly better ▲, "
+             "significantly worse ▼, or not distinguishable from `random` at this board's size; `(1 seed)` after a "
+             "marked row: it has fewer seeds than `random`, so its own seed-to-seed spread is not in its test yet "
+             "and the verdict is provisional):", "",
+             "| metric | budget | ▲ better than random | ▼ worse than random | not distinguishable |",
+             "|---|---|---|---|---|"]
+    for m, budget, better, worse, same in rows:
+        rest = f"{len(same)}: {', '.join(same)}" if same else "–"
+        lines.append(f"| `{m}` | {budget} | {', '.join(better) or '–'} | {', '.join(worse) or '–'} | {rest} |")
+    return [*lines, ""]
 
 
 def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, stale: list[str],
@@ -228,7 +244,7 @@ def render_markdown(board: str, protocol, agg: pd.DataFrame, n_records: int, sta
         lines += ["**No intervals or tests on this board yet**: no headline metric has per-item scores in a "
                   "`random` row and another row (records written before selbench stored item IDs need a "
                   "refresh). The values below are bare means: do not read differences into them.", ""]
-    lines += verdict_lines(agg, metric_cols)
+    lines += verdict_table(agg, metric_cols)
     lines += judge_bias_lines(bias)
     lines += ["Cells: mean over seeds [95% interval], then `Δr`: the paired difference to `random` at the same "
               "budget ± half its 95% interval (hierarchical bootstrap over seeds and items, Student-t with "

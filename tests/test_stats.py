@@ -140,5 +140,9 @@ def test_leaderboard_marks_planted_harm_and_reports_noise_floor(tmp_path):
     md = (board / "LEADERBOARD.md").read_text()
     assert "Noise floor" in md and "differences below" in md and "Δr +0.3" in md and "▼" in md
     # the board says in words which rows differ from random and which do not
-    assert "- `ref_likelihood/nll` at 16: ▲ none; ▼ harmful, partial (1 seed); not distinguishable: neutral" in md
+    assert "| `ref_likelihood/nll` | 16 | – | harmful, partial (1 seed) | 1: neutral |" in md
+    # and in the terminal, the marked rows by name and the others by number
+    from selbench.leaderboard import verdict_lines
+    assert verdict_lines(out["table"], ["ref_likelihood/nll"]) == [
+        "`ref_likelihood/nll` at 16: ▲ none; ▼ harmful, partial (1 seed); not distinguishable: 1"]
     assert (board / "comparisons.csv").read_text().count("\n") >= 5
