@@ -311,7 +311,8 @@ def test_page_renders_in_headless_chromium_with_its_plots(built, tmp_path):
         f"fig-{k}" for k in out["figures"])
     assert all(n > 0 for n in state["traces"])
     table_lines = [line for line in (board / "LEADERBOARD.md").read_text().splitlines() if line.startswith("| ")]
-    assert state["heatmap_cells"] == 1 and state["table_rows"] == len(table_lines) == 11
+    # the verdicts (a header and 3 metrics x 2 budgets) and the board (a header and 10 rows)
+    assert state["heatmap_cells"] == 1 and state["table_rows"] == len(table_lines) == 7 + 11
 
 
 def test_browser_check_catches_a_broken_page(built, tmp_path):
